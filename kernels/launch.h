@@ -1,0 +1,80 @@
+// The C++ API of nsa-metadata: plain structs of device pointers, one launcher. No Python here.
+// SPEC.md is the contract; field names are SPEC's names.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace nsa {
+
+enum class Mode : int { decode = 0, target_verify = 1, draft_extend = 2 };
+
+constexpr int kMaxDests = 16;  // destination sets filled by one launch
+
+// A 1-D int32 or int64 device array read with any element stride.
+struct IndexArray {
+  const void* data = nullptr;
+  int64_t stride = 1;  // in elements
+  bool is64 = false;
+};
+
+struct Inputs {
+  IndexArray seq_lens;
+  IndexArray req_pool_indices;
+  IndexArray extend_lens;  // draft_extend only
+  const int32_t* req_to_token = nullptr;
+  int64_t pool_rows = 0;   // P
+  int64_t row_stride = 0;  // in elements, unit column stride
+  int64_t bs = 0;
+};
+
+// One destination set. 1-D outputs are contiguous; tables have unit column stride and any row
+// stride. A null table is not written (and not read for: see real-only in launch.cu).
+struct Dest {
+  int32_t* cache_seqlens = nullptr;
+  int32_t* cu_seqlens_k = nullptr;
+  int32_t* nsa_cache_seqlens = nullptr;
+  int32_t* nsa_cu_seqlens_k = nullptr;
+  int32_t* seqlens_expanded = nullptr;  // target_verify and draft_extend
+  int32_t* page_table_1 = nullptr;
+  int64_t page_table_1_stride = 0;
+  int32_t* real_page_table = nullptr;
+  int64_t real_page_table_stride = 0;
+};
+
+struct Outputs {
+  Dest dest[kMaxDests];
+  int n = 0;
+};
+
+struct Params {
+  Mode mode = Mode::decode;
+  int64_t max_len = 0;
+  int32_t topk = 1;
+  int32_t kpool = 1;
+  int32_t page_size = 1;
+  int32_t next_n = 1;     // target_verify
+  int64_t total = 0;      // draft_extend: rows (a capacity under CUDA graphs)
+  bool live = false;
+  // check=True: the kernel stores here (request index << 3 | kind) of the first bad element,
+  // or all ones when there is none. Kinds: 0 pool index, 1 negative length, 2 negative extend
+  // length, 3 int32 overflow, 4 total != sum(extend_lens) (index bs).
+  unsigned long long* status = nullptr;
+};
+
+enum Status : int {
+  kOk = 0,
+  kBadArgument = 1,  // a struct field outside what the host-side validation allows
+  kTooLarge = 2,     // the grid would exceed CUDA's limits
+  kCudaError = 3,    // see the cudaError_t written to *cuda_error
+};
+
+// Launches the one kernel of a call on `stream` of `device` (the caller's current device is
+// restored). Never synchronises. Returns kOk or a Status, and on kCudaError the CUDA error.
+int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
+           cudaError_t* cuda_error);
+
+const char* status_string(int status);
+
+}  // namespace nsa

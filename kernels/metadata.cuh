@@ -1,0 +1,59 @@
+// SPEC.md's formulas as device functions, with SPEC's names. Nothing else lives here.
+#pragma once
+
+#include <cstdint>
+
+#include "launch.h"
+
+namespace nsa {
+
+constexpr int64_t kInt32Min = -2147483648LL;
+constexpr int64_t kInt32Max = 2147483647LL;
+
+// Two's-complement truncation to int32 (torch's .to(torch.int32)); sums wrap modulo 2^32.
+__host__ __device__ inline int32_t wrap32(int64_t x) {
+  return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(x)));
+}
+
+__host__ __device__ inline bool outside_int32(int64_t x) { return x < kInt32Min || x > kInt32Max; }
+
+// The raw value of element i of a 1-D int32/int64 array (never trusted for addressing).
+__device__ inline int64_t load_index(const IndexArray& a, int64_t i) {
+  return a.is64 ? __ldg(static_cast<const long long*>(a.data) + i * a.stride)
+                : __ldg(static_cast<const int32_t*>(a.data) + i * a.stride);
+}
+
+// floor division (Python's //) by d >= 1; shift >= 0 when d == 1 << shift.
+__host__ __device__ inline int64_t floor_div(int64_t v, int64_t d, int shift) {
+  if (shift >= 0) return v >> shift;  // arithmetic shift floors negatives too
+  const int64_t q = v / d;
+  return (q * d != v && v < 0) ? q - 1 : q;
+}
+
+// sparse(x) = min(x, topk) when kpool == 1, else min(floor(x/kpool)*kpool, topk) + (x mod kpool);
+// exact in int64, truncated by the caller.
+__host__ __device__ inline int64_t sparse(int64_t x, int64_t topk, int64_t kpool) {
+  if (kpool == 1) return x < topk ? x : topk;
+  const int64_t f = floor_div(x, kpool, -1);
+  const int64_t m = x - f * kpool;
+  const int64_t c = f * kpool;
+  return (c < topk ? c : topk) + m;
+}
+
+// sum of sparse(y) for 0 <= y < x (x >= 0), in closed form: sparse(y) = y below
+// y0 = (floor(topk/kpool) + 1) * kpool, and topk + (y - y0) mod kpool from there.
+__host__ __device__ inline int64_t sparse_prefix(int64_t x, int64_t topk, int64_t kpool) {
+  const int64_t y0 = (topk / kpool + 1) * kpool;
+  if (x <= y0) return x * (x - 1) / 2;
+  const int64_t m = x - y0, full = m / kpool, rem = m % kpool;
+  return y0 * (y0 - 1) / 2 + m * topk + full * (kpool * (kpool - 1) / 2) + rem * (rem - 1) / 2;
+}
+
+// sum of sparse(max(v, 0)) over the consecutive values lo <= v <= hi (draft_extend rows).
+__host__ __device__ inline int64_t sparse_range_sum(int64_t lo, int64_t hi, int64_t topk,
+                                                    int64_t kpool) {
+  if (hi < 0 || hi < lo) return 0;  // max(v, 0) = 0 and sparse(0) = 0
+  return sparse_prefix(hi + 1, topk, kpool) - sparse_prefix(lo < 0 ? 0 : lo, topk, kpool);
+}
+
+}  // namespace nsa

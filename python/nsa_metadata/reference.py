@@ -1,0 +1,160 @@
+"""NumPy reference: SPEC.md line for line, and the oracle of every test.
+
+The public functions take and return NumPy arrays and validate exactly as the GPU path does
+(they are the GPU path's own entry points, pinned to the reference). `compute` is the
+arithmetic itself, on arrays that `_api` has already validated.
+
+Arithmetic is exact (int64) and truncated to int32 at the end, which is what torch's int32
+ops give: sums wrap modulo 2^32, and `sparse` is computed on the int32 value of its argument.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("decode", "target_verify", "draft_extend")
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+# Error kinds of check=True, in the order they win when one request has several.
+# The first bad element is the one with the smallest (request index, kind).
+POOL_INDEX, NEGATIVE_LEN, NEGATIVE_EXTEND, OVERFLOW, TOTAL = range(5)
+
+
+def int32(x):
+    """Two's-complement truncation, as torch's `.to(torch.int32)`."""
+    return np.asarray(x).astype(np.int64).astype(np.int32)
+
+
+def sparse(x, topk, kpool):
+    """SPEC's sparse(x) on int32 values x, computed exactly, truncated to int32."""
+    x = np.asarray(x, dtype=np.int64)
+    if kpool == 1:
+        return int32(np.minimum(x, topk))
+    return int32(np.minimum((x // kpool) * kpool, topk) + x % kpool)
+
+
+def cumsum0(v):
+    """[0, v0, v0+v1, ...] exactly (int64); callers truncate."""
+    return np.concatenate([np.zeros(1, np.int64), np.cumsum(np.asarray(v, np.int64))])
+
+
+def layout(mode, seq_lens, extend_lens, next_n, total):
+    """rows, L (per-row KV length), the request of every row and seqlens_expanded (or None)."""
+    lens = int32(seq_lens).astype(np.int64)
+    bs = lens.shape[0]
+    if mode == "decode":
+        row_req = np.arange(bs)
+        return lens, lens, row_req, None
+    if mode == "target_verify":
+        cache = int32(lens + next_n).astype(np.int64)
+        row_req = np.repeat(np.arange(bs), next_n)
+        j = np.tile(np.arange(next_n), bs)
+        return cache, cache[row_req], row_req, int32(lens[row_req] + j + 1).astype(np.int64)
+    # draft_extend: a negative extend length places no rows (check=True reports it).
+    ext = np.maximum(int32(extend_lens).astype(np.int64), 0)
+    p = cumsum0(ext)
+    row_req = np.repeat(np.arange(bs), ext)[:total]
+    j = np.arange(row_req.shape[0]) - p[row_req]
+    expanded = np.maximum(lens[row_req] - ext[row_req] + j + 1, 0)
+    return lens, lens[row_req], row_req, expanded
+
+
+def first_error(mode, seq_lens, req_pool_indices, extend_lens, pool_rows, topk, kpool,
+                next_n, total):
+    """check=True: (request index, kind) of the first bad element, or None."""
+    raw = np.asarray(seq_lens, np.int64)
+    q = np.asarray(req_pool_indices, np.int64)
+    bs = raw.shape[0]
+    cache, _, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
+    bad = np.zeros((bs, 5), bool)
+    bad[:, POOL_INDEX] = (q < 0) | (q >= pool_rows)
+    bad[:, NEGATIVE_LEN] = raw < 0
+    over = (raw > INT32_MAX) | (raw < INT32_MIN)
+    if mode == "target_verify":
+        over |= int32(raw).astype(np.int64) + next_n > INT32_MAX
+    if mode == "draft_extend":
+        ext_raw = np.asarray(extend_lens, np.int64)
+        bad[:, NEGATIVE_EXTEND] = ext_raw < 0
+        over |= (ext_raw > INT32_MAX) | (ext_raw < INT32_MIN)
+    cu = cumsum0(int32(cache))[1:]
+    over |= (cu > INT32_MAX) | (cu < INT32_MIN)
+    nsa_src = int32(cache) if expanded is None else expanded
+    nsa_cu = cumsum0(sparse(nsa_src, topk, kpool))[1:]
+    rows_over = (nsa_cu > INT32_MAX) | (nsa_cu < INT32_MIN)
+    np.logical_or.at(over, row_req[rows_over], True)
+    bad[:, OVERFLOW] = over
+    hits = np.argwhere(bad)
+    if hits.shape[0]:
+        return int(hits[0, 0]), int(hits[0, 1])
+    if mode == "draft_extend":
+        ext = np.maximum(int32(extend_lens).astype(np.int64), 0)
+        if int(ext.sum()) != total:
+            return bs, TOTAL
+    return None
+
+
+def compute(mode, seq_lens, req_pool_indices, extend_lens, req_to_token, outs, *, max_len,
+            topk, kpool, page_size, next_n, total, live):
+    """Fill every destination in `outs` (objects with SPEC's field names, NumPy arrays or None)."""
+    cache, L, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
+    rows = row_req.shape[0]  # in draft_extend, the live rows: min(sum(extend_lens), total)
+    nsa = sparse(cache if expanded is None else expanded, topk, kpool)
+    fields = {
+        "cache_seqlens": int32(cache),
+        "cu_seqlens_k": int32(cumsum0(int32(cache))),
+        "nsa_cache_seqlens": nsa,
+        "nsa_cu_seqlens_k": int32(cumsum0(nsa)),
+        "seqlens_expanded": None if expanded is None else int32(expanded),
+    }
+
+    P = req_to_token.shape[0]
+    q = np.asarray(req_pool_indices, np.int64)[row_req]
+    valid = (q >= 0) & (q < P)
+    page_table_1 = np.full((rows, max_len), -1, np.int32)
+    page_table_1[valid] = req_to_token[q[valid], :max_len]
+    width = -(-max_len // page_size)
+    real_page_table = page_table_1[:, ::page_size][:, :width] // page_size
+    # Live extent of each row: columns j < clamp(L, 0, max_len).
+    n_live = np.clip(L, 0, max_len)
+    pt1_mask = np.arange(max_len)[None, :] < (n_live[:, None] if live else max_len)
+    real_mask = np.arange(width)[None, :] < (-(-n_live[:, None] // page_size) if live else width)
+
+    for md in outs:
+        for name, value in fields.items():
+            dst = getattr(md, name)
+            if dst is not None and value is not None:
+                dst[: value.shape[0]] = value
+        for dst, value, mask in ((md.page_table_1, page_table_1, pt1_mask),
+                                 (md.real_page_table, real_page_table, real_mask)):
+            if dst is None:
+                continue
+            region = dst[:rows, : value.shape[1]]
+            mask = np.broadcast_to(mask, value.shape)
+            region[mask] = value[mask]
+
+
+def _host_only(*arrays):
+    for a in arrays:
+        if a is not None and not isinstance(a, np.ndarray):
+            raise TypeError(f"nsa_metadata.reference takes NumPy arrays, not {type(a).__name__}")
+
+
+def decode(seq_lens, req_pool_indices, req_to_token, **kw):
+    """SPEC decode on NumPy arrays: nsa_metadata.decode's signature, validation and errors."""
+    from . import _api
+    _host_only(seq_lens, req_pool_indices, req_to_token)
+    return _api.decode(seq_lens, req_pool_indices, req_to_token, **kw)
+
+
+def target_verify(seq_lens, req_pool_indices, req_to_token, **kw):
+    """SPEC target_verify on NumPy arrays."""
+    from . import _api
+    _host_only(seq_lens, req_pool_indices, req_to_token)
+    return _api.target_verify(seq_lens, req_pool_indices, req_to_token, **kw)
+
+
+def draft_extend(seq_lens, extend_lens, req_pool_indices, req_to_token, **kw):
+    """SPEC draft_extend on NumPy arrays."""
+    from . import _api
+    _host_only(seq_lens, extend_lens, req_pool_indices, req_to_token)
+    return _api.draft_extend(seq_lens, extend_lens, req_pool_indices, req_to_token, **kw)

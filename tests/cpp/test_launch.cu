@@ -1,0 +1,216 @@
+// ctest: drives nsa::launch directly against a plain C++ reference written from SPEC.md
+// (independent of kernels/metadata.cuh). Exits 77 (ctest's skip) when no GPU is present.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "launch.h"
+
+namespace {
+
+#define CHECK_CUDA(x)                                                                   \
+  do {                                                                                  \
+    cudaError_t e_ = (x);                                                               \
+    if (e_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+constexpr int32_t kPoison = 0x5EEDBEEF;
+
+int32_t trunc32(long long x) { return static_cast<int32_t>(static_cast<uint32_t>(x)); }
+long long floordiv(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+long long sparse_ref(long long x, long long topk, long long kpool) {
+  if (kpool == 1) return std::min(x, topk);
+  const long long f = floordiv(x, kpool) * kpool;
+  return std::min(f, topk) + (x - f);
+}
+
+struct Case {
+  nsa::Mode mode;
+  int bs, P, W, max_len, topk, kpool, page_size, next_n;
+  bool live, is64, pt1, real;
+  int ndest;
+};
+
+struct Expect {  // full expected outputs, -2^31 marking "left untouched"
+  std::vector<int32_t> cache, cu, nsa, nsa_cu, expanded, pt1, real;
+  long long rows;
+};
+
+Expect reference(const Case& c, const std::vector<long long>& seq, const std::vector<long long>& pool,
+                 const std::vector<long long>& ext, const std::vector<int32_t>& table) {
+  Expect e;
+  std::vector<long long> row_req, row_j;
+  for (int i = 0; i < c.bs; ++i) {
+    const long long n = c.mode == nsa::Mode::decode ? 1 : c.mode == nsa::Mode::target_verify ? c.next_n
+                                                                                          : std::max<long long>(trunc32(ext[i]), 0);
+    for (long long j = 0; j < n; ++j) { row_req.push_back(i); row_j.push_back(j); }
+  }
+  e.rows = row_req.size();
+  long long cu = 0, nsa_cu = 0;
+  e.cu.push_back(0);
+  for (int i = 0; i < c.bs; ++i) {
+    const int32_t lens = trunc32(seq[i]);
+    const int32_t cache = c.mode == nsa::Mode::target_verify ? trunc32((long long)lens + c.next_n) : lens;
+    e.cache.push_back(cache);
+    cu += cache;
+    e.cu.push_back(trunc32(cu));
+  }
+  const int width = (c.max_len + c.page_size - 1) / c.page_size;
+  e.nsa_cu.push_back(0);
+  for (long long r = 0; r < e.rows; ++r) {
+    const long long i = row_req[r], j = row_j[r];
+    const int32_t lens = trunc32(seq[i]);
+    long long x = lens, L = lens;
+    if (c.mode == nsa::Mode::target_verify) { x = trunc32((long long)lens + j + 1); L = trunc32((long long)lens + c.next_n); }
+    if (c.mode == nsa::Mode::draft_extend) x = std::max<long long>((long long)lens - trunc32(ext[i]) + j + 1, 0);
+    if (c.mode != nsa::Mode::decode) e.expanded.push_back(static_cast<int32_t>(x));
+    const long long s = sparse_ref(x, c.topk, c.kpool);
+    e.nsa.push_back(trunc32(s));
+    nsa_cu += s;
+    e.nsa_cu.push_back(trunc32(nsa_cu));
+    const long long live_n = c.live ? std::min<long long>(std::max<long long>(L, 0), c.max_len) : c.max_len;
+    const bool ok = pool[i] >= 0 && pool[i] < c.P;
+    for (int col = 0; col < c.max_len; ++col)
+      e.pt1.push_back(col < live_n ? (ok ? table[pool[i] * c.W + col] : -1) : kPoison);
+    for (int col = 0; col < width; ++col) {
+      const bool w = (long long)col * c.page_size < live_n;
+      e.real.push_back(w ? (ok ? (int32_t)floordiv(table[pool[i] * c.W + (long long)col * c.page_size], c.page_size) : -1)
+                         : kPoison);
+    }
+  }
+  return e;
+}
+
+template <class T>
+T* upload(const std::vector<T>& v) {
+  T* d = nullptr;
+  CHECK_CUDA(cudaMalloc(&d, std::max<size_t>(v.size(), 1) * sizeof(T)));
+  if (!v.empty()) CHECK_CUDA(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+int32_t* poisoned(size_t n) {
+  return upload(std::vector<int32_t>(std::max<size_t>(n, 1), kPoison));
+}
+
+bool same(const char* what, const Case& c, int32_t* dev, const std::vector<int32_t>& want) {
+  std::vector<int32_t> got(want.size());
+  if (!want.empty()) CHECK_CUDA(cudaMemcpy(got.data(), dev, want.size() * 4, cudaMemcpyDeviceToHost));
+  for (size_t k = 0; k < want.size(); ++k) {
+    if (got[k] != want[k]) {
+      std::fprintf(stderr, "mismatch %s[%zu]: got %d want %d (mode %d bs %d max_len %d ps %d live %d)\n", what, k,
+                   got[k], want[k], (int)c.mode, c.bs, c.max_len, c.page_size, (int)c.live);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool run_case(const Case& c, std::mt19937_64& rng) {
+  std::uniform_int_distribution<long long> len(0, c.W + 40), val(-1000, 1 << 24), q(-2, c.P);
+  std::uniform_int_distribution<int> e(0, 5);
+  std::vector<long long> seq(c.bs), pool(c.bs), ext(c.bs);
+  std::vector<int32_t> table((size_t)c.P * c.W);
+  for (auto& x : table) x = static_cast<int32_t>(val(rng));
+  for (int i = 0; i < c.bs; ++i) { seq[i] = len(rng); pool[i] = q(rng); ext[i] = e(rng); }
+  long long total = 0;
+  for (auto x : ext) total += x;
+
+  const Expect want = reference(c, seq, pool, ext, table);
+  auto narrow = [&](const std::vector<long long>& v) {
+    if (c.is64) return static_cast<void*>(upload(v));
+    std::vector<int32_t> n(v.begin(), v.end());
+    return static_cast<void*>(upload(n));
+  };
+  nsa::Inputs in;
+  in.seq_lens = {narrow(seq), 1, c.is64};
+  in.req_pool_indices = {narrow(pool), 1, c.is64};
+  in.extend_lens = {narrow(ext), 1, c.is64};
+  in.req_to_token = upload(table);
+  in.pool_rows = c.P;
+  in.row_stride = c.W;
+  in.bs = c.bs;
+  nsa::Params p;
+  p.mode = c.mode;
+  p.max_len = c.max_len;
+  p.topk = c.topk;
+  p.kpool = c.kpool;
+  p.page_size = c.page_size;
+  p.next_n = c.next_n;
+  p.total = total;
+  p.live = c.live;
+  const int width = (c.max_len + c.page_size - 1) / c.page_size;
+  nsa::Outputs out;
+  out.n = c.ndest;
+  for (int d = 0; d < c.ndest; ++d) {
+    nsa::Dest& D = out.dest[d];
+    D.cache_seqlens = poisoned(c.bs);
+    D.cu_seqlens_k = poisoned(c.bs + 1);
+    D.nsa_cache_seqlens = poisoned(want.rows);
+    D.nsa_cu_seqlens_k = poisoned(want.rows + 1);
+    if (c.mode != nsa::Mode::decode) D.seqlens_expanded = poisoned(want.rows);
+    if (c.pt1) { D.page_table_1 = poisoned(want.rows * c.max_len); D.page_table_1_stride = c.max_len; }
+    if (c.real) { D.real_page_table = poisoned(want.rows * width); D.real_page_table_stride = width; }
+  }
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaError_t err;
+  const int rc = nsa::launch(in, out, p, 0, stream, &err);
+  if (rc != nsa::kOk) {
+    std::fprintf(stderr, "launch: %s (%s)\n", nsa::status_string(rc), cudaGetErrorString(err));
+    return false;
+  }
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  bool ok = true;
+  for (int d = 0; d < c.ndest && ok; ++d) {
+    const nsa::Dest& D = out.dest[d];
+    ok = same("cache_seqlens", c, D.cache_seqlens, want.cache) && same("cu_seqlens_k", c, D.cu_seqlens_k, want.cu) &&
+         same("nsa_cache_seqlens", c, D.nsa_cache_seqlens, want.nsa) &&
+         same("nsa_cu_seqlens_k", c, D.nsa_cu_seqlens_k, want.nsa_cu) &&
+         (c.mode == nsa::Mode::decode || same("seqlens_expanded", c, D.seqlens_expanded, want.expanded)) &&
+         (!c.pt1 || same("page_table_1", c, D.page_table_1, want.pt1)) &&
+         (!c.real || same("real_page_table", c, D.real_page_table, want.real));
+  }
+  for (int d = 0; d < c.ndest; ++d) {
+    const nsa::Dest& D = out.dest[d];
+    for (void* ptr : {(void*)D.cache_seqlens, (void*)D.cu_seqlens_k, (void*)D.nsa_cache_seqlens,
+                      (void*)D.nsa_cu_seqlens_k, (void*)D.seqlens_expanded, (void*)D.page_table_1,
+                      (void*)D.real_page_table})
+      CHECK_CUDA(cudaFree(ptr));
+  }
+  for (const void* ptr : {in.seq_lens.data, in.req_pool_indices.data, in.extend_lens.data,
+                          (const void*)in.req_to_token})
+    CHECK_CUDA(cudaFree(const_cast<void*>(ptr)));
+  CHECK_CUDA(cudaStreamDestroy(stream));
+  return ok;
+}
+
+}  // namespace
+
+int main() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  std::mt19937_64 rng(1234);
+  int cases = 0, failed = 0;
+  const nsa::Mode modes[] = {nsa::Mode::decode, nsa::Mode::target_verify, nsa::Mode::draft_extend};
+  for (nsa::Mode mode : modes)
+    for (int bs : {0, 1, 31, 257, 1100})
+      for (int max_len : {0, 1, 77, 4099})
+        for (int ps : {1, 3, 64})
+          for (int variant = 0; variant < 4; ++variant) {
+            Case c{mode, bs, 9, max_len + 5, max_len, variant % 2 ? 7 : 2048, variant == 3 ? 4 : 1, ps, 1 + variant,
+                   variant % 2 == 1, variant >= 2, variant != 2, variant != 1, 1 + (variant == 3 ? 2 : 0)};
+            ++cases;
+            if (!run_case(c, rng)) ++failed;
+          }
+  std::printf("%d cases, %d failed\n", cases, failed);
+  return failed == 0 ? 0 : 1;
+}
