@@ -51,7 +51,7 @@ int32_t* output(nb::handle obj, const std::string& name, int device, int64_t row
   const size_t col = a.ndim() - 1;
   if (static_cast<int64_t>(a.shape(col)) < len || (row_stride && static_cast<int64_t>(a.shape(0)) < rows))
     throw nb::value_error((name + " is too small for this call").c_str());
-  if (len > 1 && a.stride(col) != 1) throw nb::value_error((name + " must have unit column stride").c_str());
+  if (len > 1 && rows != 0 && a.stride(col) != 1) throw nb::value_error((name + " must have unit column stride").c_str());
   if (row_stride != nullptr) *row_stride = a.stride(0);
   return static_cast<int32_t*>(a.data());
 }
@@ -97,11 +97,11 @@ void launch(int mode, nb::handle seq_lens, nb::handle req_pool_indices, nb::hand
     if (nb::len(t) != 7) throw nb::value_error("a destination set has 7 fields");
     const std::string w = out.n == 1 ? "out." : "out[" + std::to_string(d) + "].";
     nsa::Dest& D = out.dest[d];
-    D.cache_seqlens = output(t[0], w + "cache_seqlens", device, 0, in.bs, nullptr);
-    D.cu_seqlens_k = output(t[1], w + "cu_seqlens_k", device, 0, in.bs + 1, nullptr);
-    D.nsa_cache_seqlens = output(t[2], w + "nsa_cache_seqlens", device, 0, rows, nullptr);
-    D.nsa_cu_seqlens_k = output(t[3], w + "nsa_cu_seqlens_k", device, 0, rows + 1, nullptr);
-    D.seqlens_expanded = output(t[4], w + "seqlens_expanded", device, 0, rows, nullptr);
+    D.cache_seqlens = output(t[0], w + "cache_seqlens", device, 1, in.bs, nullptr);
+    D.cu_seqlens_k = output(t[1], w + "cu_seqlens_k", device, 1, in.bs + 1, nullptr);
+    D.nsa_cache_seqlens = output(t[2], w + "nsa_cache_seqlens", device, 1, rows, nullptr);
+    D.nsa_cu_seqlens_k = output(t[3], w + "nsa_cu_seqlens_k", device, 1, rows + 1, nullptr);
+    D.seqlens_expanded = output(t[4], w + "seqlens_expanded", device, 1, rows, nullptr);
     D.page_table_1 = output(t[5], w + "page_table_1", device, rows, max_len, &D.page_table_1_stride);
     D.real_page_table = output(t[6], w + "real_page_table", device, rows, width, &D.real_page_table_stride);
   }

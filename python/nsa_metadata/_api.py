@@ -93,6 +93,8 @@ def _output(name, x, shape):
         raise ValueError(f"{name} must be {len(shape)}-D, not {len(a.shape)}-D")
     if any(have < need for have, need in zip(a.shape, shape)):
         raise ValueError(f"{name} has shape {tuple(a.shape)}; this call needs at least {shape}")
+    if 0 in shape:  # an empty region: nothing is written, any layout will do
+        return a, None
     if shape[-1] > 1 and a.strides[-1] != 1:
         raise ValueError(f"{name} must have unit (column) stride, not {a.strides[-1]}")
     if len(shape) == 2 and shape[0] > 1 and a.strides[0] < shape[1]:

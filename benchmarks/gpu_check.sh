@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
+# Usage (repo root, on the device): bash benchmarks/gpu_check.sh [quick]
+# Logs go to $OUT (or ./gpu_check_out); the table is printed last.
+set -u -o pipefail
+OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+status=()
+step() {  # step NAME CMD...: run, log to $OUT/NAME.log, keep a one-line verdict
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  status+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-100)")")
+  return $rc
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+
+step build python3 -m pip install --no-build-isolation --no-deps -v . || { cat "$OUT/build.log" | tail -40; exit 1; }
+step pytest python3 -m pytest -q -x tests -p no:cacheprovider
+step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
+SUBSET="torch and (test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_matches_reference and int64 and both and 3-)"
+for tool in memcheck racecheck ${SANITIZE_MORE:-}; do
+  step "$tool" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "$SUBSET"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
+done
+step bench python3 -m nsa_metadata.cli bench --json "$OUT/bench.json"
+
+echo "== $(cat "$OUT/gpu.txt")"
+printf '%s\n' "${status[@]}"
+cat "$OUT/sanitizer_summary.txt" 2>/dev/null
+echo
+grep -v '^\[' "$OUT/bench.log"

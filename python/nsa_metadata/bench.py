@@ -1,0 +1,228 @@
+"""The benchmark engine (torch on one CUDA GPU): ours vs SPEC as torch ops vs the copy floor.
+
+GPU time: a CUDA graph of K calls over rotating input/output sets, replays timed with events,
+median over replays / K. Host time: median of eager calls (outputs given, no synchronisation).
+Floor: a device-to-device copy moving the same bytes (read + write) as the call, timed the same
+way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import _api
+
+K = 16      # calls per graph
+SETS = 4    # rotating input/output sets (more when a set fits in L2)
+
+
+def torch_ops(mode, seq_lens, req_pool_indices, req_to_token, extend_lens, *, max_len, topk,
+              page_size, next_n, total, out):
+    """SPEC's formulas as plain torch ops, writing into `out` (what engines do today)."""
+    import torch
+
+    cache = seq_lens.to(torch.int32)
+    idx = req_pool_indices
+    if mode == "target_verify":
+        j = torch.arange(1, next_n + 1, device=cache.device, dtype=torch.int32)
+        expanded = (cache[:, None] + j).reshape(-1)
+        cache = cache + next_n
+        idx = torch.repeat_interleave(idx, next_n)
+    elif mode == "draft_extend":
+        ext = extend_lens.to(torch.int32)
+        rep = torch.repeat_interleave(torch.arange(cache.shape[0], device=cache.device), ext,
+                                      output_size=total)
+        start = torch.cumsum(ext, 0) - ext
+        j = torch.arange(total, device=cache.device) - start[rep]
+        expanded = torch.clamp(cache[rep] - ext[rep] + j + 1, min=0).to(torch.int32)
+        idx = idx[rep]
+    else:
+        expanded = cache
+    out.cache_seqlens.copy_(cache)
+    torch.cumsum(cache, 0, dtype=torch.int32, out=out.cu_seqlens_k[1:])
+    nsa = torch.clamp(expanded, max=topk)
+    out.nsa_cache_seqlens.copy_(nsa)
+    torch.cumsum(nsa, 0, dtype=torch.int32, out=out.nsa_cu_seqlens_k[1:])
+    if mode != "decode":
+        out.seqlens_expanded.copy_(expanded)
+    pt1 = req_to_token[idx, :max_len]
+    if out.page_table_1 is not None:
+        out.page_table_1.copy_(pt1)
+    if out.real_page_table is not None and page_size > 1:
+        torch.floor_divide(pt1[:, ::page_size], page_size, out=out.real_page_table)
+
+
+class Case:
+    """One benchmark configuration with SETS independent input/output sets on the GPU."""
+
+    def __init__(self, mode, bs, ctx, *, topk=2048, page_size=64, spec=4, live=False,
+                 real_only=False, seed=0):
+        import torch
+
+        self.mode, self.bs, self.ctx, self.live, self.real_only = mode, bs, ctx, live, real_only
+        self.kw = dict(max_len=ctx, topk=topk, page_size=page_size, live=live)
+        rng = np.random.default_rng(seed)
+        self.rows = bs if mode == "decode" else bs * spec
+        width = -(-ctx // page_size)
+        one_set = bs * ctx * 4 + self.rows * (ctx + width) * 4
+        self.nsets = SETS if one_set > 64 << 20 else max(SETS, min(64, (256 << 20) // max(one_set, 1)))
+        self.sets = []
+        for s in range(self.nsets):
+            lens = rng.integers(ctx // 2, ctx + 1, size=bs)
+            lens[rng.integers(0, bs)] = ctx
+            d = dict(
+                seq_lens=torch.from_numpy(lens).cuda(),
+                req_pool_indices=torch.from_numpy(rng.permutation(bs)).cuda(),
+                req_to_token=torch.randint(0, 2**31 - 1, (bs, ctx), dtype=torch.int32, device="cuda"),
+                extend_lens=torch.full((bs,), spec, dtype=torch.int64, device="cuda"),
+            )
+            md = _api.Metadata(
+                cache_seqlens=torch.empty(bs, dtype=torch.int32, device="cuda"),
+                cu_seqlens_k=torch.zeros(bs + 1, dtype=torch.int32, device="cuda"),
+                nsa_cache_seqlens=torch.empty(self.rows, dtype=torch.int32, device="cuda"),
+                nsa_cu_seqlens_k=torch.zeros(self.rows + 1, dtype=torch.int32, device="cuda"),
+                seqlens_expanded=None if mode == "decode" else torch.empty(self.rows, dtype=torch.int32, device="cuda"),
+                page_table_1=None if real_only else torch.empty(self.rows, ctx, dtype=torch.int32, device="cuda"),
+                real_page_table=torch.empty(self.rows, width, dtype=torch.int32, device="cuda"),
+            )
+            self.sets.append((d, md))
+        # bytes the call must move: each source column read once, each output written once
+        live_cols = (sum(min(int(x), ctx) for x in self.sets[0][0]["seq_lens"].tolist()) / bs
+                     if live else ctx)
+        per_req = bs * (width if real_only else live_cols) * 4
+        written = self.rows * ((0 if real_only else live_cols) + live_cols / page_size) * 4
+        self.bytes = per_req + written + bs * 16 + self.rows * 12
+        self.spec = spec
+
+    def ours(self, s):
+        d, md = self.sets[s % self.nsets]
+        if self.mode == "decode":
+            _api.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], out=md, **self.kw)
+        elif self.mode == "target_verify":
+            _api.target_verify(d["seq_lens"], d["req_pool_indices"], d["req_to_token"],
+                               next_n=self.spec, out=md, **self.kw)
+        else:
+            _api.draft_extend(d["seq_lens"], d["extend_lens"], d["req_pool_indices"],
+                              d["req_to_token"], total=self.rows, out=md, **self.kw)
+
+    def torch(self, s):
+        d, md = self.sets[s % self.nsets]
+        kw = {k: v for k, v in self.kw.items() if k != "live"}
+        torch_ops(self.mode, d["seq_lens"], d["req_pool_indices"], d["req_to_token"],
+                  d["extend_lens"], next_n=self.spec, total=self.rows, out=md, **kw)
+
+
+def gpu_us(fn, replays=30):
+    """Median GPU microseconds per call: a graph of K calls (fn(k) for k < K), replayed."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for k in range(K):  # warm-up outside capture (allocations, lazy init)
+            fn(k)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for k in range(K):
+            fn(k)
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / K)
+    return statistics.median(times)
+
+
+def host_us(fn, calls=300):
+    """Median host microseconds of one eager call (no synchronisation in the loop)."""
+    import torch
+
+    for k in range(20):
+        fn(k)
+    torch.cuda.synchronize()
+    times = []
+    for k in range(calls):
+        t0 = time.perf_counter()
+        fn(k)
+        times.append(time.perf_counter() - t0)
+        if k % 50 == 49:
+            torch.cuda.synchronize()  # keep the queue short; outside the timed region
+    torch.cuda.synchronize()
+    return statistics.median(times) * 1e6
+
+
+def copy_floor_us(nbytes):
+    """GPU us of D2D copies moving nbytes in total (nbytes/2 read + nbytes/2 written)."""
+    import torch
+
+    n = max(int(nbytes // 2) // 4 * 4, 4)
+    bufs = [(torch.empty(n, dtype=torch.uint8, device="cuda"),
+             torch.empty(n, dtype=torch.uint8, device="cuda")) for _ in range(2 if n > 64 << 20 else 8)]
+    return gpu_us(lambda k: bufs[k % len(bufs)][1].copy_(bufs[k % len(bufs)][0]))
+
+
+def run(configs, progress=True):
+    rows = []
+    for n, (mode, bs, ctx, opts) in enumerate(configs):
+        if progress:
+            print(f"[{n + 1}/{len(configs)}] {mode} {bs}x{ctx} {opts}", file=sys.stderr, flush=True)
+        c = Case(mode, bs, ctx, **opts)
+        r = dict(mode=mode, bs=bs, ctx=ctx, **opts, bytes=c.bytes)
+        r["ours_gpu_us"] = gpu_us(c.ours)
+        r["ours_host_us"] = host_us(c.ours)
+        r["torch_gpu_us"] = gpu_us(c.torch) if not opts.get("live") else None
+        r["torch_host_us"] = host_us(c.torch) if not opts.get("live") else None
+        r["floor_gpu_us"] = copy_floor_us(c.bytes)
+        rows.append(r)
+        del c
+    return rows
+
+
+def table(rows):
+    header = ["mode", "bs x ctx", "opts", "MB", "ours GPU us", "floor us", "x floor",
+              "torch GPU us", "ours host us", "torch host us"]
+    out = []
+    for r in rows:
+        opts = ",".join(k for k in ("live", "real_only") if r.get(k)) or "-"
+        f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        out.append([r["mode"], f"{r['bs']}x{r['ctx']}", opts, f"{r['bytes'] / 1e6:.1f}",
+                    f(r["ours_gpu_us"]), f(r["floor_gpu_us"]),
+                    f"{r['ours_gpu_us'] / r['floor_gpu_us']:.2f}", f(r["torch_gpu_us"]),
+                    f(r["ours_host_us"]), f(r["torch_host_us"])])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *out)]
+    fmt = lambda row: "  ".join(str(x).rjust(w) for x, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in out])
+
+
+QUICK = [("decode", 1, 4096, {}), ("decode", 64, 32768, {}), ("decode", 1024, 32768, {}),
+         ("target_verify", 64, 32768, {}), ("draft_extend", 64, 32768, {}),
+         ("decode", 64, 32768, {"live": True, "real_only": True})]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="nsa-metadata bench")
+    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--quick", action="store_true", help="the GPU-machine script's rows only")
+    args = p.parse_args(argv)
+    import torch
+
+    rows = run(QUICK)
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, K={K}")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
