@@ -347,9 +347,10 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
            cudaError_t* cuda_error) {
   *cuda_error = cudaSuccess;
   if (out.n < 1 || out.n > kMaxDests || in.bs < 0 || p.max_len < 0 || p.topk < 1 || p.kpool < 1 ||
-      p.page_size < 1 || p.next_n < 1 || p.total < 0 || in.seq_lens.data == nullptr ||
-      in.req_pool_indices.data == nullptr || (p.max_len > 0 && in.req_to_token == nullptr) ||
-      (p.mode == Mode::draft_extend && in.extend_lens.data == nullptr))
+      p.page_size < 1 || p.next_n < 1 || p.total < 0 ||
+      (in.bs > 0 && (in.seq_lens.data == nullptr || in.req_pool_indices.data == nullptr ||
+                     (p.mode == Mode::draft_extend && in.extend_lens.data == nullptr))) ||
+      (in.pool_rows > 0 && p.max_len > 0 && in.req_to_token == nullptr))
     return kBadArgument;
   Args a{};
   a.in = in;
@@ -359,8 +360,11 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
   bool any_real = false;
   for (int d = 0; d < out.n; ++d) {
     const Dest& D = out.dest[d];
-    if (D.cache_seqlens == nullptr || D.cu_seqlens_k == nullptr || D.nsa_cache_seqlens == nullptr ||
-        D.nsa_cu_seqlens_k == nullptr || (p.mode != Mode::decode && D.seqlens_expanded == nullptr))
+    // (an empty array may have a null pointer; nothing is written to it)
+    if ((in.bs > 0 && D.cache_seqlens == nullptr) || D.cu_seqlens_k == nullptr ||
+        D.nsa_cu_seqlens_k == nullptr ||
+        (a.rows > 0 && (D.nsa_cache_seqlens == nullptr ||
+                        (p.mode != Mode::decode && D.seqlens_expanded == nullptr))))
       return kBadArgument;
     a.any_pt1 = a.any_pt1 || D.page_table_1 != nullptr;
     any_real = any_real || D.real_page_table != nullptr;

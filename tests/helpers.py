@@ -61,14 +61,15 @@ def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_pa
     return md, bases
 
 
-def call(mod, mode, inp, **kw):
+def call(mod, mode, inp, total=None, **kw):
     if mode == "decode":
         return mod.decode(inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"], **kw)
     if mode == "target_verify":
         return mod.target_verify(inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"],
                                  next_n=inp["next_n"], **kw)
     return mod.draft_extend(inp["seq_lens"], inp["extend_lens"], inp["req_pool_indices"],
-                            inp["req_to_token"], total=rows_of(mode, inp), **kw)
+                            inp["req_to_token"], total=rows_of(mode, inp) if total is None else total,
+                            **kw)
 
 
 class Lib:
@@ -123,7 +124,7 @@ def check_device_matches_reference(lib, mode, inp, *, max_len, page_size, ndest=
         dev_mds.append(dmd)
     call(nm, mode, inp, max_len=max_len, page_size=page_size, out=ref_mds, **kw)
     dinp = {k: (lib.to_device(v) if isinstance(v, np.ndarray) else v) for k, v in inp.items()}
-    call(nm, mode, dinp, max_len=max_len, page_size=page_size, out=dev_mds, **kw)
+    call(nm, mode, dinp, rows_of(mode, inp), max_len=max_len, page_size=page_size, out=dev_mds, **kw)
     lib.synchronize()
     for f, base, dbase in pairs:
         got = lib.to_host(dbase)

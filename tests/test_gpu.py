@@ -78,14 +78,14 @@ def test_allocated_outputs(lib, mode):
     inp = random_inputs(rng, mode, 20, 100)
     want = call(nm, mode, inp, max_len=100, page_size=64, topk=30)
     dinp = {k: (lib.to_device(v) if isinstance(v, np.ndarray) else v) for k, v in inp.items()}
-    got = call(nm, mode, dinp, max_len=100, page_size=64, topk=30)
+    got = call(nm, mode, dinp, rows_of(mode, inp), max_len=100, page_size=64, topk=30)
     for f in nm.Metadata.__slots__:
         w, g = getattr(want, f), getattr(got, f)
         assert (w is None) == (g is None), f
         if w is not None:
             assert type(g).__module__.split(".")[0] == lib.name
             np.testing.assert_array_equal(lib.to_host(g), w, err_msg=f)
-    same = call(nm, mode, dinp, max_len=100, page_size=1, topk=30)
+    same = call(nm, mode, dinp, rows_of(mode, inp), max_len=100, page_size=1, topk=30)
     assert same.real_page_table is same.page_table_1
 
 
@@ -108,11 +108,12 @@ def test_check_true_names_first_bad_element(lib, mode):
             want = None
         except ValueError as e:
             want = str(e)
+        total = rows_of(mode, inp)
         if want is None:
-            call(nm, mode, dinp, max_len=40, check=True)
+            call(nm, mode, dinp, total, max_len=40, check=True)
         else:
             with pytest.raises(ValueError) as got:
-                call(nm, mode, dinp, max_len=40, check=True)
+                call(nm, mode, dinp, total, max_len=40, check=True)
             assert str(got.value) == want
         assert (want is None) == (bad is None), (bad, want)
 
