@@ -19,10 +19,19 @@ constexpr int kUnroll = 4;                            // independent 16-byte loa
 constexpr int64_t kTileCols = kThreads * 4 * kUnroll;  // source columns per page tile
 constexpr int64_t kRealTile = kThreads * kUnroll;      // real columns per real-only tile
 constexpr int kItems = 4;                             // requests per thread per scan step
+#ifndef NSA_MIN_BLOCKS
+#define NSA_MIN_BLOCKS 1
+#endif
+constexpr int kMinBlocks = NSA_MIN_BLOCKS;  // resident blocks per SM the register budget allows
 
+// Kernel parameters; kSlots destination sets travel by value (fewer slots, smaller launches).
+template <int kSlots>
 struct Args {
   Inputs in;
-  Outputs out;
+  struct {
+    Dest dest[kSlots];
+    int n;
+  } out;
   Params p;
   int64_t rows;     // page/nsa rows: bs, bs * next_n, or total
   int64_t ctiles;   // column tiles per request
@@ -41,19 +50,22 @@ struct AddSums {
 
 // Rows a request owns, and their KV length: decode 1 row; target_verify next_n rows of length
 // lens + next_n; draft_extend max(extend_lens[i], 0) rows of length lens.
-__device__ inline int64_t rows_of(const Args& a, int64_t i) {
+template <class A>
+__device__ inline int64_t rows_of(const A& a, int64_t i) {
   if (a.p.mode == Mode::decode) return 1;
   if (a.p.mode == Mode::target_verify) return a.p.next_n;
   const int64_t e = wrap32(load_index(a.in.extend_lens, i));
   return e > 0 ? e : 0;
 }
 
-__device__ inline int32_t cache_seqlen(const Args& a, int32_t lens) {
+template <class A>
+__device__ inline int32_t cache_seqlen(const A& a, int32_t lens) {
   return a.p.mode == Mode::target_verify ? wrap32(int64_t{lens} + a.p.next_n) : lens;
 }
 
 // seqlens_expanded of row j of a request (decode: its length).
-__device__ inline int64_t expanded(const Args& a, int32_t lens, int64_t ext, int64_t j) {
+template <class A>
+__device__ inline int64_t expanded(const A& a, int32_t lens, int64_t ext, int64_t j) {
   if (a.p.mode == Mode::decode) return lens;
   if (a.p.mode == Mode::target_verify) return wrap32(int64_t{lens} + j + 1);
   const int64_t v = int64_t{lens} - ext + j + 1;
@@ -64,7 +76,8 @@ __device__ inline unsigned long long bad_key(int64_t i, int kind) {
   return (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(kind);
 }
 
-__device__ void meta_block(const Args& a) {
+template <class A>
+__device__ void meta_block(const A& a) {
   using Scan = cub::BlockScan<Sums, kThreads>;
   using Reduce = cub::BlockReduce<unsigned long long, kThreads>;
   __shared__ union {
@@ -113,13 +126,12 @@ __device__ void meta_block(const Args& a) {
         const int64_t q = load_index(in.req_pool_indices, i);
         bool over = outside_int32(raw) ||
                     (p.mode == Mode::target_verify && int64_t{lens[k]} + p.next_n > kInt32Max);
-        bool neg_ext = false;
+        bool bad_ext = false;  // negative or outside int32
         if (p.mode == Mode::draft_extend) {
           const int64_t e = load_index(in.extend_lens, i);
-          neg_ext = e < 0;
-          over = over || outside_int32(e);
+          bad_ext = e < 0 || e > kInt32Max;
         }
-        int kind = (q < 0 || q >= in.pool_rows) ? 0 : raw < 0 ? 1 : neg_ext ? 2 : over ? 3 : 8;
+        int kind = (q < 0 || q >= in.pool_rows) ? 0 : raw < 0 ? 1 : bad_ext ? 2 : over ? 3 : 8;
         if (kind < 8 && bad_key(i, kind) < bad) bad = bad_key(i, kind);
       }
     }
@@ -169,7 +181,8 @@ __device__ void meta_block(const Args& a) {
 
 // Stores value v of source column c to every row of every destination (and, where c is a
 // multiple of page_size, its page to the real tables).
-__device__ inline void store_col(const Args& a, int64_t row0, int64_t nrows, int64_t c, int32_t v) {
+template <class A>
+__device__ inline void store_col(const A& a, int64_t row0, int64_t nrows, int64_t c, int32_t v) {
   const int64_t ps = a.p.page_size;
   const bool page_start = a.ps_shift >= 0 ? (c & (ps - 1)) == 0 : c % ps == 0;
   const int64_t rc = a.ps_shift >= 0 ? c >> a.ps_shift : c / ps;
@@ -183,7 +196,8 @@ __device__ inline void store_col(const Args& a, int64_t row0, int64_t nrows, int
   }
 }
 
-__device__ inline void store_vec(const Args& a, int64_t row0, int64_t nrows, int64_t c, int4 v) {
+template <class A>
+__device__ inline void store_vec(const A& a, int64_t row0, int64_t nrows, int64_t c, int4 v) {
   for (int d = 0; d < a.out.n; ++d) {
     const Dest& D = a.out.dest[d];
     if (D.page_table_1 == nullptr) continue;
@@ -208,7 +222,8 @@ __device__ inline void store_vec(const Args& a, int64_t row0, int64_t nrows, int
 }
 
 // 16-byte accesses need the source and every destination row at the same offset mod 16 bytes.
-__device__ inline bool same_phase(const Args& a, const int32_t* src, int64_t row0, int64_t nrows,
+template <class A>
+__device__ inline bool same_phase(const A& a, const int32_t* src, int64_t row0, int64_t nrows,
                                   int64_t c0, unsigned* phase) {
   const unsigned want = src != nullptr ? (reinterpret_cast<uintptr_t>(src + c0) >> 2) & 3u : 4u;
   unsigned ph = want;
@@ -223,7 +238,8 @@ __device__ inline bool same_phase(const Args& a, const int32_t* src, int64_t row
   return true;
 }
 
-__device__ void page_tile(const Args& a, int64_t tile) {
+template <class A>
+__device__ void page_tile(const A& a, int64_t tile) {
   const Inputs& in = a.in;
   const Params& p = a.p;
   const int tid = threadIdx.x;
@@ -317,13 +333,16 @@ __device__ void page_tile(const Args& a, int64_t tile) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads) metadata_kernel(const __grid_constant__ Args a) {
+template <int kSlots>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   if (blockIdx.x == 0) {
     meta_block(a);
   } else {
     page_tile(a, int64_t{blockIdx.x} - 1);
   }
 }
+
+__global__ void empty_kernel() {}
 
 int log2_exact(int64_t x) {
   int s = 0;
@@ -343,19 +362,32 @@ const char* status_string(int status) {
   }
 }
 
-int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
-           cudaError_t* cuda_error) {
-  *cuda_error = cudaSuccess;
-  if (out.n < 1 || out.n > kMaxDests || in.bs < 0 || p.max_len < 0 || p.topk < 1 || p.kpool < 1 ||
-      p.page_size < 1 || p.next_n < 1 || p.total < 0 ||
-      (in.bs > 0 && (in.seq_lens.data == nullptr || in.req_pool_indices.data == nullptr ||
-                     (p.mode == Mode::draft_extend && in.extend_lens.data == nullptr))) ||
-      (in.pool_rows > 0 && p.max_len > 0 && in.req_to_token == nullptr))
-    return kBadArgument;
-  Args a{};
+// Sets the device, launches, checks the launch, restores the device.
+template <class F>
+int on_device(int device, cudaError_t* cuda_error, F&& launch_fn) {
+  int prev = -1;
+  cudaError_t err = cudaGetDevice(&prev);
+  if (err == cudaSuccess && prev != device) err = cudaSetDevice(device);
+  if (err == cudaSuccess) {
+    launch_fn();
+    err = cudaGetLastError();
+    if (prev >= 0 && prev != device) {
+      const cudaError_t restore = cudaSetDevice(prev);
+      if (err == cudaSuccess) err = restore;
+    }
+  }
+  *cuda_error = err;
+  return err == cudaSuccess ? kOk : kCudaError;
+}
+
+template <int kSlots>
+int launch_slots(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
+                 cudaError_t* cuda_error) {
+  Args<kSlots> a{};
   a.in = in;
-  a.out = out;
   a.p = p;
+  a.out.n = out.n;
+  for (int d = 0; d < out.n; ++d) a.out.dest[d] = out.dest[d];
   a.rows = p.mode == Mode::decode ? in.bs : p.mode == Mode::target_verify ? in.bs * p.next_n : p.total;
   bool any_real = false;
   for (int d = 0; d < out.n; ++d) {
@@ -376,23 +408,27 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
   }
   if (a.ctiles > 0 && in.bs > (int64_t{0x7fffffff} - 1) / a.ctiles) return kTooLarge;
   const int64_t blocks = 1 + in.bs * a.ctiles;
+  return on_device(device, cuda_error, [&] {
+    metadata_kernel<kSlots><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  });
+}
 
-  int prev = -1;
-  cudaError_t err = cudaGetDevice(&prev);
-  if (err == cudaSuccess && prev != device) err = cudaSetDevice(device);
-  if (err == cudaSuccess) {
-    metadata_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
-    err = cudaGetLastError();
-    if (prev >= 0 && prev != device) {
-      const cudaError_t restore = cudaSetDevice(prev);
-      if (err == cudaSuccess) err = restore;
-    }
-  }
-  if (err != cudaSuccess) {
-    *cuda_error = err;
-    return kCudaError;
-  }
-  return kOk;
+int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
+           cudaError_t* cuda_error) {
+  *cuda_error = cudaSuccess;
+  if (out.n < 1 || out.n > kMaxDests || in.bs < 0 || p.max_len < 0 || p.topk < 1 || p.kpool < 1 ||
+      p.page_size < 1 || p.next_n < 1 || p.total < 0 ||
+      (in.bs > 0 && (in.seq_lens.data == nullptr || in.req_pool_indices.data == nullptr ||
+                     (p.mode == Mode::draft_extend && in.extend_lens.data == nullptr))) ||
+      (in.pool_rows > 0 && p.max_len > 0 && in.req_to_token == nullptr))
+    return kBadArgument;
+  if (out.n == 1) return launch_slots<1>(in, out, p, device, stream, cuda_error);
+  if (out.n <= 4) return launch_slots<4>(in, out, p, device, stream, cuda_error);
+  return launch_slots<kMaxDests>(in, out, p, device, stream, cuda_error);
+}
+
+int launch_empty(int device, cudaStream_t stream, cudaError_t* cuda_error) {
+  return on_device(device, cuda_error, [&] { empty_kernel<<<1, 1, 0, stream>>>(); });
 }
 
 }  // namespace nsa

@@ -58,8 +58,8 @@ struct Params {
   int64_t total = 0;      // draft_extend: rows (a capacity under CUDA graphs)
   bool live = false;
   // check=True: the kernel stores here (request index << 3 | kind) of the first bad element,
-  // or all ones when there is none. Kinds: 0 pool index, 1 negative length, 2 negative extend
-  // length, 3 int32 overflow, 4 total != sum(extend_lens) (index bs).
+  // or all ones when there is none. Kinds: 0 pool index, 1 negative length, 2 extend length
+  // negative or outside int32, 3 int32 overflow, 4 total != sum(extend_lens) (index bs).
   unsigned long long* status = nullptr;
 };
 
@@ -74,6 +74,9 @@ enum Status : int {
 // restored). Never synchronises. Returns kOk or a Status, and on kCudaError the CUDA error.
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error);
+
+// An empty kernel on `stream` of `device`: the floor of what a launch costs the host.
+int launch_empty(int device, cudaStream_t stream, cudaError_t* cuda_error);
 
 const char* status_string(int status);
 

@@ -398,10 +398,8 @@ def test_reference_decode_equals_public_decode_on_numpy():
     np.testing.assert_array_equal(a.real_page_table, [[15, 22], [-13, -6]])
 
 
-# ----------------------------------------------------------------------------- known package bugs
+# ----------------------------------------------------------------------------- once package bugs, now fixed
 
-@pytest.mark.xfail(strict=True, reason="package bug: with out= given, two inputs sharing memory "
-                   "(read-only aliasing) are rejected as 'outputs may not alias inputs'")
 def test_inputs_may_share_memory():
     idx = a32(1, 2)  # used as both seq_lens and req_pool_indices
     md = nm.decode(idx, idx, table(), max_len=3, topk=4)  # fine without out=
@@ -411,9 +409,6 @@ def test_inputs_may_share_memory():
     np.testing.assert_array_equal(out.page_table_1, md.page_table_1)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a read-only output buffer is found only "
-                   "while writing: earlier outputs are already written, and NumPy's message does "
-                   "not name the argument")
 def test_read_only_output_is_refused_before_writing():
     c = valid_call("decode")
     c["out"].page_table_1.flags.writeable = False
@@ -440,8 +435,6 @@ class _DLPackOnly:
 
 
 @pytest.mark.skipif(_have("torch") or _have("cupy"), reason="only without torch and CuPy")
-@pytest.mark.xfail(strict=True, reason="package bug: a DLPack producer with neither torch nor "
-                   "CuPy installed raises ModuleNotFoundError, not TypeError naming the argument")
 def test_dlpack_input_without_torch_or_cupy_is_a_type_error():
     with pytest.raises(TypeError, match="seq_lens"):
         nm.decode(_DLPackOnly(), a32(0, 1), table(), max_len=2)

@@ -1,5 +1,7 @@
 """The kernel against the reference: every byte of poisoned, strided destination buffers."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,8 @@ def lib(request):
 def test_matches_reference(lib, mode, idx_dtype, live, tables, ndest):
     rng = np.random.default_rng([hash((mode, live, tables, ndest)) % 2**32, idx_dtype().itemsize])
     sizes = [(0, 5), (1, 0), (1, 1), (31, 64), (32, 65), (33, 4097), (257, 300), (5, 9000)]
+    if os.environ.get("NSA_SANITIZE"):  # under compute-sanitizer: fewer, still every edge kind
+        sizes = [(0, 5), (1, 1), (33, 77), (3, 600)]
     for bs, max_len in sizes:
         for page_size, topk, kpool in ((64, 2048, 1), (1, 40, 1), (3, 100, 4)):
             inp = random_inputs(rng, mode, bs, max_len, idx_dtype=idx_dtype)

@@ -7,6 +7,7 @@ zero-copy, through torch (or CuPy) and handled as that library's array.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -36,39 +37,52 @@ class Arr:
 
 
 def _torch():
-    return sys.modules.get("torch")
+    return sys.modules["torch"]
 
 
 def _cupy():
-    return sys.modules.get("cupy")
+    return sys.modules["cupy"]
+
+
+_TORCH_DTYPES = {}
 
 
 def describe(x, name):
     """An `Arr` for any supported array, or TypeError naming the argument."""
     if isinstance(x, np.ndarray):
-        return Arr(x, "numpy", None, x.dtype.name, x.shape,
-                   tuple(s // x.itemsize if x.itemsize else 0 for s in x.strides),
+        if any(st % x.itemsize for st in x.strides):
+            raise ValueError(f"{name} has byte strides {x.strides}, not multiples of its item size")
+        return Arr(x, "numpy", None, x.dtype.name, x.shape, tuple(st // x.itemsize for st in x.strides),
                    x.__array_interface__["data"][0], x.itemsize)
-    mod = type(x).__module__.split(".")[0]
+    mod = type(x).__module__.split(".", 1)[0]
     if mod == "torch":
-        dev = None if x.device.type == "cpu" else x.device.index
-        if x.device.type not in ("cpu", "cuda"):
+        dtype = _TORCH_DTYPES.get(x.dtype)
+        if dtype is None:
+            dtype = _TORCH_DTYPES[x.dtype] = str(x.dtype).replace("torch.", "")
+        if x.is_cuda:
+            dev = x.get_device()
+        elif x.device.type == "cpu":
+            dev = None
+        else:
             raise ValueError(f"{name} is on {x.device}; nsa-metadata runs on CUDA devices or the host")
-        return Arr(x, "torch", dev, str(x.dtype).replace("torch.", ""), tuple(x.shape), x.stride(),
-                   x.data_ptr(), x.element_size())
+        return Arr(x, "torch", dev, dtype, x.shape, x.stride(), x.data_ptr(), x.element_size())
     if mod == "cupy":
         return Arr(x, "cupy", x.device.id, x.dtype.name, x.shape,
-                   tuple(s // x.itemsize for s in x.strides), x.data.ptr, x.itemsize)
+                   tuple(st // x.itemsize for st in x.strides), x.data.ptr, x.itemsize)
     if hasattr(x, "__dlpack__"):
-        torch, cupy = _torch(), _cupy()
-        if torch is None and cupy is None:
+        for lib in ("torch", "cupy"):
             try:
-                import torch  # noqa: F811
+                m = sys.modules.get(lib) or __import__(lib)
             except ImportError:
-                import cupy  # noqa: F811
-        view = torch.from_dlpack(x) if torch is not None else cupy.from_dlpack(x)
-        return describe(view, name)
+                continue
+            return describe(m.from_dlpack(x), name)
+        raise TypeError(f"{name} is a DLPack array; viewing it needs torch or CuPy installed")
     raise TypeError(f"{name} must be a NumPy, torch, CuPy or DLPack array, not {type(x).__name__}")
+
+
+def writeable(a):
+    """False only for arrays their library marks read-only (NumPy)."""
+    return a.lib != "numpy" or a.obj.flags.writeable
 
 
 def host_view(a):
@@ -101,11 +115,19 @@ def empty_status(lib, device):
 
 def current_stream(lib, device):
     """The caller's current stream on `device`, as an integer handle."""
+    return current_stream_getter(lib, device)()
+
+
+def current_stream_getter(lib, device):
+    """A no-argument callable returning the current stream of `device` (cheap to call)."""
     if lib == "torch":
         torch = _torch()
         raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # ~20x cheaper than the public call
-        return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
-    return _cupy().cuda.get_current_stream(device).ptr
+        if raw is not None:
+            return functools.partial(raw, device)
+        return lambda: torch.cuda.current_stream(device).cuda_stream
+    cupy = _cupy()
+    return lambda: cupy.cuda.get_current_stream(device).ptr
 
 
 def stream_handle(stream):

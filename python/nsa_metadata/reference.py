@@ -17,7 +17,8 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 # Error kinds of check=True, in the order they win when one request has several.
 # The first bad element is the one with the smallest (request index, kind).
-POOL_INDEX, NEGATIVE_LEN, NEGATIVE_EXTEND, OVERFLOW, TOTAL = range(5)
+# BAD_EXTEND: an extend length that is negative or outside int32.
+POOL_INDEX, NEGATIVE_LEN, BAD_EXTEND, OVERFLOW, TOTAL = range(5)
 
 
 def int32(x):
@@ -74,8 +75,7 @@ def first_error(mode, seq_lens, req_pool_indices, extend_lens, pool_rows, topk, 
         over |= int32(raw).astype(np.int64) + next_n > INT32_MAX
     if mode == "draft_extend":
         ext_raw = np.asarray(extend_lens, np.int64)
-        bad[:, NEGATIVE_EXTEND] = ext_raw < 0
-        over |= (ext_raw > INT32_MAX) | (ext_raw < INT32_MIN)
+        bad[:, BAD_EXTEND] = (ext_raw < 0) | (ext_raw > INT32_MAX)
     cu = cumsum0(int32(cache))[1:]
     over |= (cu > INT32_MAX) | (cu < INT32_MIN)
     nsa_src = int32(cache) if expanded is None else expanded
