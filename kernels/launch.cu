@@ -15,7 +15,10 @@ namespace nsa {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;                            // independent 16-byte loads per thread
+#ifndef NSA_UNROLL
+#define NSA_UNROLL 4
+#endif
+constexpr int kUnroll = NSA_UNROLL;                   // independent 16-byte loads per thread
 constexpr int64_t kTileCols = kThreads * 4 * kUnroll;  // source columns per page tile
 constexpr int64_t kRealTile = kThreads * kUnroll;      // real columns per real-only tile
 constexpr int kItems = 4;                             // requests per thread per scan step

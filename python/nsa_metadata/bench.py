@@ -191,7 +191,7 @@ def empty_launch_host_us():
     return host_us(lambda k: _core.empty_launch(dev, stream), calls=2000)
 
 
-def run(configs, progress=True):
+def run(configs, progress=True, gpu_only=False):
     rows = []
     for n, (mode, bs, ctx, opts) in enumerate(configs):
         if progress:
@@ -199,10 +199,12 @@ def run(configs, progress=True):
         c = Case(mode, bs, ctx, **opts)
         r = dict(mode=mode, bs=bs, ctx=ctx, **opts, bytes=c.bytes)
         r["ours_gpu_us"] = gpu_us(c.ours)
-        r["ours_host_us"] = host_us(c.ours)
-        r["prepared_host_us"] = host_us(c.prepared)
-        r["torch_gpu_us"] = gpu_us(c.torch) if not opts.get("live") else None
-        r["torch_host_us"] = host_us(c.torch) if not opts.get("live") else None
+        if not gpu_only:
+            r["ours_host_us"] = host_us(c.ours)
+            r["prepared_host_us"] = host_us(c.prepared)
+        torch_ok = not gpu_only and not opts.get("live")
+        r["torch_gpu_us"] = gpu_us(c.torch) if torch_ok else None
+        r["torch_host_us"] = host_us(c.torch) if torch_ok else None
         r["floor_gpu_us"] = copy_floor_us(c.bytes)
         rows.append(r)
         del c
@@ -219,7 +221,7 @@ def table(rows):
         out.append([r["mode"], f"{r['bs']}x{r['ctx']}", opts, f"{r['bytes'] / 1e6:.1f}",
                     f(r["ours_gpu_us"]), f(r["floor_gpu_us"]),
                     f"{r['ours_gpu_us'] / r['floor_gpu_us']:.2f}", f(r["torch_gpu_us"]),
-                    f(r["ours_host_us"]), f(r["prepared_host_us"]), f(r["torch_host_us"])])
+                    f(r.get("ours_host_us")), f(r.get("prepared_host_us")), f(r["torch_host_us"])])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *out)]
     fmt = lambda row: "  ".join(str(x).rjust(w) for x, w in zip(row, widths))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in out])
@@ -233,11 +235,11 @@ QUICK = [("decode", 1, 4096, {}), ("decode", 64, 32768, {}), ("decode", 1024, 32
 def main(argv=None):
     p = argparse.ArgumentParser(prog="nsa-metadata bench")
     p.add_argument("--json", help="write every figure here")
-    p.add_argument("--quick", action="store_true", help="the GPU-machine script's rows only")
+    p.add_argument("--gpu-only", action="store_true", help="GPU times of ours and the floor only")
     args = p.parse_args(argv)
     import torch
 
-    rows = run(QUICK)
+    rows = run(QUICK, gpu_only=args.gpu_only)
     empty = empty_launch_host_us()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, K={K}; "
           f"empty launch: {empty:.1f} us host")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Build kernel variants (sm_90 only) and print each one's GPU table: bash benchmarks/variants.sh "-DNSA_UNROLL=8" ...
+set -u
+for flags in "$@"; do
+  echo "=== variant: ${flags:-default}"
+  CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install --no-build-isolation --no-deps -q . >/dev/null 2>&1 || { echo build failed; continue; }
+  python3 -m nsa_metadata.cli bench --gpu-only 2>/dev/null | tail -n 7
+done
