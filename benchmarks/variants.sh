@@ -3,6 +3,6 @@
 set -u
 for flags in "$@"; do
   echo "=== variant: ${flags:-default}"
-  CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install --no-build-isolation --no-deps -q . >/dev/null 2>&1 || { echo build failed; continue; }
+  CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install --no-build-isolation --no-deps -q -C build-dir=build/variant . >/dev/null 2>&1 || { echo build failed; continue; }
   python3 -m nsa_metadata.cli bench --gpu-only 2>/dev/null | tail -n 7
 done
