@@ -192,3 +192,37 @@ def test_mixed_host_and_device_is_an_error(lib):
     with pytest.raises(ValueError, match="req_to_token"):
         nm.decode(lib.to_device(inp["seq_lens"]), lib.to_device(inp["req_pool_indices"]),
                   inp["req_to_token"], max_len=8)
+
+
+def test_repeated_calls_on_the_same_buffers_stay_exact(lib):
+    """Steps on persistent buffers (the validated plan is reused) follow every change of the
+    arguments, and misuse is still refused."""
+    rng = np.random.default_rng(21)
+    inp = random_inputs(rng, "decode", 40, 500, bad_pool=False)
+    d = {k: lib.to_device(v) for k, v in inp.items() if isinstance(v, np.ndarray)}
+    md = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=500, page_size=64)
+    for step in range(30):
+        fresh = random_inputs(rng, "decode", 40, 500, P=inp["req_to_token"].shape[0],
+                              W=inp["req_to_token"].shape[1], bad_pool=False)
+        d["seq_lens"][...] = lib.to_device(fresh["seq_lens"])  # in place, same buffer
+        max_len = int(rng.choice([500, 499, 64]))
+        topk = int(rng.choice([2048, 5]))
+        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=max_len,
+                  topk=topk, page_size=64, out=md)
+        want = nm.decode(fresh["seq_lens"], inp["req_pool_indices"], inp["req_to_token"],
+                         max_len=max_len, topk=topk, page_size=64)
+        lib.synchronize()
+        np.testing.assert_array_equal(lib.to_host(md.nsa_cu_seqlens_k), want.nsa_cu_seqlens_k)
+        np.testing.assert_array_equal(lib.to_host(md.page_table_1)[:, :max_len], want.page_table_1)
+    with pytest.raises(TypeError, match="max_len"):
+        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64.0,
+                  page_size=64, out=md)
+    with pytest.raises(ValueError, match="max_len"):
+        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=501,
+                  page_size=64, out=md)
+    other = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=500,
+                      page_size=64)  # new buffers: a different plan, same answer
+    nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=500, page_size=64,
+              out=other)
+    lib.synchronize()
+    np.testing.assert_array_equal(lib.to_host(other.page_table_1), lib.to_host(md.page_table_1))

@@ -239,10 +239,54 @@ def _raise_bad_element(i, kind, inputs, total):
 
 # ---------------------------------------------------------------------------- one-shot calls
 
+# Validated plans of one-shot calls with `out` given, keyed by everything validation reads
+# (each array's pointer, shape, strides and dtype; every scalar). Serving engines call with the
+# same persistent buffers every step, so a step costs a key lookup instead of a validation. A
+# key that matches denotes the very same memory and arguments, so the plan is exactly what a
+# fresh validation would build; nothing is kept alive by it.
+_PLANS = {}
+_PLANS_MAX = 64
+
+
+def _cache_key(mode, arrays, scalars, out):
+    for v in scalars:
+        if type(v) is not int:
+            return None
+    key = [mode, type(out) is list or type(out) is tuple, *scalars]
+    for x in arrays:
+        if x is not None:
+            fp = _arrays.fingerprint(x)
+            if fp is None:
+                return None
+            key.append(fp)
+    for md in out if key[1] else (out,):
+        if type(md) is not Metadata:
+            return None
+        for f in FIELDS:
+            x = getattr(md, f)
+            fp = None if x is None else _arrays.fingerprint(x)
+            if fp is None and x is not None:
+                return None
+            key.append(fp)
+        key.append(md.real_page_table is md.page_table_1)
+    return tuple(key)
+
+
 def run(mode, seq_lens, req_pool_indices, req_to_token, extend_lens=None, *, max_len, topk=2048,
         kpool=1, page_size=1, next_n=1, total=None, live=False, out=None, stream=None,
         check=False):
     """Validate, then run one call on the arrays' device (or the reference on the host)."""
+    key = None
+    if out is not None and not check and (live is True or live is False):
+        key = _cache_key(mode, (seq_lens, req_pool_indices, req_to_token, extend_lens),
+                         (max_len, topk, kpool, page_size, next_n, -1 if total is None else total,
+                          int(live)), out)
+        hit = _PLANS.get(key) if key is not None else None
+        if hit is not None:
+            plan, current_stream, bs = hit
+            plan.launch(bs, max_len, total or 0,
+                        current_stream() if stream is None else _arrays.stream_handle(stream))
+            return out
     topk, kpool = _int("topk", topk, 1), _int("kpool", kpool, 1)
     page_size = _int("page_size", page_size, 1)
     live, check = _bool("live", live), _bool("check", check)
@@ -282,6 +326,10 @@ def run(mode, seq_lens, req_pool_indices, req_to_token, extend_lens=None, *, max
         plan = _plan(mode, inputs, dests, caps, status=0 if status is None else
                      _arrays.describe(status, "status").ptr, device=device, **kw)
         plan.launch(bs, max_len, total or 0, handle)
+        if key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = (plan, _arrays.current_stream_getter(inputs[0].lib, device), bs)
         if check:
             key = int(status[0].item())  # synchronises: check=True is the debugging mode
             if key != -1:

@@ -80,6 +80,19 @@ def describe(x, name):
     raise TypeError(f"{name} must be a NumPy, torch, CuPy or DLPack array, not {type(x).__name__}")
 
 
+def fingerprint(x):
+    """Everything validation reads of a device array (pointer, shape, strides, dtype), cheaply;
+    None for arrays that are not torch or CuPy device arrays. Device pointers are unique
+    across devices (unified addressing), so the pointer also fixes the device."""
+    torch = sys.modules.get("torch")
+    if torch is not None and type(x) is torch.Tensor:
+        return (x.data_ptr(), x.shape, x.stride(), x.dtype) if x.is_cuda else None
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and type(x) is cupy.ndarray:
+        return (x.data.ptr, x.shape, x.strides, x.dtype.char)
+    return None
+
+
 def writeable(a):
     """False only for arrays their library marks read-only (NumPy)."""
     return a.lib != "numpy" or a.obj.flags.writeable

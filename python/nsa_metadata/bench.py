@@ -232,11 +232,14 @@ QUICK = [("decode", 1, 4096, {}), ("decode", 64, 32768, {}), ("decode", 1024, 32
          ("decode", 64, 32768, {"live": True, "real_only": True})]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="nsa-metadata bench")
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="nsa-metadata bench", description=__doc__)
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--gpu-only", action="store_true", help="GPU times of ours and the floor only")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(args):
     import torch
 
     rows = run(QUICK, gpu_only=args.gpu_only)
