@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
-# Usage (repo root, on the device): bash benchmarks/gpu_check.sh [quick]
+# Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
 # Logs go to $OUT (or ./gpu_check_out); the table is printed last.
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
@@ -14,23 +14,25 @@ step() {  # step NAME CMD...: run, log to $OUT/NAME.log, keep a one-line verdict
   status+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-100)")")
   return $rc
 }
+STEPS=${STEPS:-build pytest ctest sanitize bench}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 
-step build python3 -m pip install --no-build-isolation --no-deps -v . || { cat "$OUT/build.log" | tail -40; exit 1; }
-step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs tests -p no:cacheprovider --durations=5
-step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
+want build && step build python3 -m pip install --no-build-isolation --no-deps -v . || { cat "$OUT/build.log" | tail -40; exit 1; }
+want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs tests -p no:cacheprovider --durations=5
+want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
 # hostile values and a batch past one scan tile, with torch's caching allocator off
 SUBSET="torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025)"
-for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
+want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "$tool" env NSA_SANITIZE=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
-step bench python3 -m nsa_metadata.cli bench --json "$OUT/bench.json"
+want bench && step bench python3 -m nsa_metadata.cli bench --json "$OUT/bench.json"
 
 echo "== $(cat "$OUT/gpu.txt")"
 printf '%s\n' "${status[@]}"
 cat "$OUT/sanitizer_summary.txt" 2>/dev/null
 echo
-grep -v '^\[' "$OUT/bench.log"
+want bench && grep -v '^\[' "$OUT/bench.log"

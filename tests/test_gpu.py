@@ -30,9 +30,10 @@ def test_matches_reference(lib, mode, idx_dtype, live, tables, ndest):
     rng = np.random.default_rng([hash((mode, live, tables, ndest)) % 2**32, idx_dtype().itemsize])
     sizes = [(0, 5), (1, 0), (1, 1), (31, 64), (32, 65), (33, 4097), (257, 300), (5, 9000)]
     if os.environ.get("NSA_SANITIZE"):  # under compute-sanitizer: fewer, still every edge kind
-        sizes = [(0, 5), (1, 1), (33, 77), (3, 600)]
+        sizes = [(0, 5), (33, 77)]
     for bs, max_len in sizes:
-        for page_size, topk, kpool in ((64, 2048, 1), (1, 40, 1), (3, 100, 4)):
+        configs = ((64, 2048, 1), (1, 40, 1), (3, 100, 4))
+        for page_size, topk, kpool in configs[::2] if os.environ.get("NSA_SANITIZE") else configs:
             inp = random_inputs(rng, mode, bs, max_len, idx_dtype=idx_dtype)
             check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size,
                                            topk=topk, kpool=kpool, live=live, ndest=ndest,
@@ -218,8 +219,8 @@ def test_repeated_calls_on_the_same_buffers_stay_exact(lib):
         nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64.0,
                   page_size=64, out=md)
     with pytest.raises(ValueError, match="max_len"):
-        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=501,
-                  page_size=64, out=md)
+        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"],
+                  max_len=inp["req_to_token"].shape[1] + 1, page_size=64, out=md)
     other = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=500,
                       page_size=64)  # new buffers: a different plan, same answer
     nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=500, page_size=64,
