@@ -18,7 +18,9 @@ STEPS=${STEPS:-build pytest ctest sanitize bench}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 
-want build && step build python3 -m pip install --no-build-isolation --no-deps -v . || { cat "$OUT/build.log" | tail -40; exit 1; }
+if want build; then
+  step build python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
+fi
 want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs tests -p no:cacheprovider --durations=5
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
