@@ -31,10 +31,12 @@ want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck syncchec
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
-want bench && step bench python3 -m nsa_metadata.cli bench --json "$OUT/bench.json"
+want bench && step bench python3 -m nsa_metadata.cli bench --quick --json "$OUT/bench_quick.json"
+want grid && step grid python3 -m nsa_metadata.cli bench --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
 echo "== $(cat "$OUT/gpu.txt")"
 printf '%s\n' "${status[@]}"
 cat "$OUT/sanitizer_summary.txt" 2>/dev/null
 echo
-want bench && grep -v '^\[' "$OUT/bench.log"
+want bench && grep -v "^\\[" "$OUT/bench.log"
+want grid && cat "$OUT/grid.log"

@@ -4,5 +4,5 @@ set -u
 for flags in "$@"; do
   echo "=== variant: ${flags:-default}"
   CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install --no-build-isolation --no-deps -q -C build-dir=build/variant . >/dev/null 2>&1 || { echo build failed; continue; }
-  python3 -m nsa_metadata.cli bench --gpu-only 2>/dev/null | tail -n 7
+  python3 -m nsa_metadata.cli bench --quick --gpu-only 2>/dev/null | tail -n 7
 done

@@ -195,38 +195,93 @@ def run(configs, progress=True, gpu_only=False):
     rows = []
     for n, (mode, bs, ctx, opts) in enumerate(configs):
         if progress:
-            print(f"[{n + 1}/{len(configs)}] {mode} {bs}x{ctx} {opts}", file=sys.stderr, flush=True)
+            done = int(30 * n / len(configs))
+            print(f"\r[{'#' * done}{'.' * (30 - done)}] {n + 1}/{len(configs)} {mode} {bs}x{ctx} "
+                  f"{','.join(opts) or '':<15}", end="", file=sys.stderr, flush=True)
         c = Case(mode, bs, ctx, **opts)
-        r = dict(mode=mode, bs=bs, ctx=ctx, **opts, bytes=c.bytes)
+        r = dict(mode=mode, bs=bs, ctx=ctx, live=bool(opts.get("live")),
+                 real_only=bool(opts.get("real_only")), bytes=c.bytes)
         r["ours_gpu_us"] = gpu_us(c.ours)
+        r["floor_gpu_us"] = copy_floor_us(c.bytes)
         if not gpu_only:
             r["ours_host_us"] = host_us(c.ours)
             r["prepared_host_us"] = host_us(c.prepared)
-        torch_ok = not gpu_only and not opts.get("live")
+        # torch ops have no live or real-only form: they always build the full wide table
+        torch_ok = not gpu_only and not opts
         r["torch_gpu_us"] = gpu_us(c.torch) if torch_ok else None
         r["torch_host_us"] = host_us(c.torch) if torch_ok else None
-        r["floor_gpu_us"] = copy_floor_us(c.bytes)
         rows.append(r)
         del c
+    if progress:
+        print(f"\r[{'#' * 30}] {len(configs)}/{len(configs)} done{' ' * 40}", file=sys.stderr)
     return rows
 
 
-def table(rows):
-    header = ["mode", "bs x ctx", "opts", "MB", "ours GPU us", "floor us", "x floor",
-              "torch GPU us", "host us", "prepared us", "torch host us"]
+def table(rows, empty_us=None):
+    header = ["mode", "bs x ctx", "opts", "MB moved", "GPU us", "floor us", "x floor",
+              "torch GPU us", "x torch", "host us", "prepared us", "torch host us"]
+    if empty_us:
+        header += ["host x launch"]
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     out = []
     for r in rows:
         opts = ",".join(k for k in ("live", "real_only") if r.get(k)) or "-"
-        f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        out.append([r["mode"], f"{r['bs']}x{r['ctx']}", opts, f"{r['bytes'] / 1e6:.1f}",
-                    f(r["ours_gpu_us"]), f(r["floor_gpu_us"]),
-                    f"{r['ours_gpu_us'] / r['floor_gpu_us']:.2f}", f(r["torch_gpu_us"]),
-                    f(r.get("ours_host_us")), f(r.get("prepared_host_us")), f(r["torch_host_us"])])
+        line = [r["mode"], f"{r['bs']}x{r['ctx']}", opts, f"{r['bytes'] / 1e6:.1f}",
+                f(r["ours_gpu_us"]), f(r["floor_gpu_us"]), f"{r['ours_gpu_us'] / r['floor_gpu_us']:.2f}",
+                f(r["torch_gpu_us"]),
+                "-" if r["torch_gpu_us"] is None else f"{r['ours_gpu_us'] / r['torch_gpu_us']:.2f}",
+                f(r.get("ours_host_us")), f(r.get("prepared_host_us")), f(r["torch_host_us"])]
+        if empty_us:
+            line.append("-" if r.get("ours_host_us") is None else
+                        f"{r['ours_host_us'] / empty_us:.1f} / {r['prepared_host_us'] / empty_us:.1f}")
+        out.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *out)]
     fmt = lambda row: "  ".join(str(x).rjust(w) for x, w in zip(row, widths))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in out])
 
 
+def plot(rows, empty_us, path, title):
+    """GPU and host microseconds per configuration: ours, torch ops, the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    base = [r for r in rows if not r["live"] and not r["real_only"]]
+    for mode, color in zip(("decode", "target_verify", "draft_extend"), ("C0", "C1", "C2")):
+        rs = sorted((r for r in base if r["mode"] == mode), key=lambda r: r["bytes"])
+        x = [r["bytes"] / 1e6 for r in rs]
+        axes[0].plot(x, [r["ours_gpu_us"] for r in rs], "o-", color=color, label=f"ours, {mode}")
+        axes[0].plot(x, [r["torch_gpu_us"] for r in rs], "x--", color=color, alpha=0.6,
+                     label=f"torch ops, {mode}")
+        axes[0].plot(x, [r["floor_gpu_us"] for r in rs], ":", color=color, alpha=0.8,
+                     label=f"copy floor, {mode}")
+        axes[1].plot(x, [r["ours_host_us"] for r in rs], "o-", color=color, label=f"ours one-shot, {mode}")
+        axes[1].plot(x, [r["prepared_host_us"] for r in rs], "s-", color=color, alpha=0.5,
+                     label=f"ours prepared, {mode}")
+        axes[1].plot(x, [r["torch_host_us"] for r in rs], "x--", color=color, alpha=0.6,
+                     label=f"torch ops, {mode}")
+    axes[1].axhline(empty_us, color="k", ls=":", label="one empty launch")
+    for ax, what in zip(axes, ("GPU us per call (graph of 16, median)", "host us per eager call (median)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("MB moved per call (bs x context grid, top-k 2048, page 64)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+SHAPES = [(1, 4096), (8, 4096), (64, 32768), (256, 32768), (1024, 32768), (4096, 4096),
+          (16, 131072), (4, 1048576)]
+FULL = [(mode, bs, ctx, opts) for bs, ctx in SHAPES
+        for mode in ("decode", "target_verify", "draft_extend")
+        for opts in ({}, {"live": True})] + [("decode", bs, ctx, {"live": True, "real_only": True})
+                                              for bs, ctx in SHAPES]
 QUICK = [("decode", 1, 4096, {}), ("decode", 64, 32768, {}), ("decode", 1024, 32768, {}),
          ("target_verify", 64, 32768, {}), ("draft_extend", 64, 32768, {}),
          ("decode", 64, 32768, {"live": True, "real_only": True})]
@@ -234,21 +289,27 @@ QUICK = [("decode", 1, 4096, {}), ("decode", 64, 32768, {}), ("decode", 1024, 32
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="nsa-metadata bench", description=__doc__)
-    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--quick", action="store_true", help="6 rows (the GPU-machine script's table)")
     p.add_argument("--gpu-only", action="store_true", help="GPU times of ours and the floor only")
+    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--plot", help="write the PNG plot here (needs matplotlib)")
     return p.parse_args(argv)
 
 
 def main(args):
     import torch
 
-    rows = run(QUICK, gpu_only=args.gpu_only)
-    empty = empty_launch_host_us()
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, K={K}; "
-          f"empty launch: {empty:.1f} us host")
-    print(table(rows))
+    rows = run(QUICK if args.quick else FULL, gpu_only=args.gpu_only)
+    empty = None if args.gpu_only else empty_launch_host_us()
+    title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}")
+    print(f"# {title}; K={K} calls per graph; empty launch: "
+          f"{'-' if empty is None else f'{empty:.1f}'} us host")
+    print(table(rows, empty))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "empty_launch_host_us": empty,
-                       "rows": rows}, f, indent=1)
+            json.dump({"title": title, "device": torch.cuda.get_device_name(),
+                       "empty_launch_host_us": empty, "calls_per_graph": K, "rows": rows}, f, indent=1)
+    if args.plot and not args.gpu_only:
+        plot(rows, empty, args.plot, title)
     return 0
