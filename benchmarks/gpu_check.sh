@@ -25,10 +25,11 @@ want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
 # hostile values and a batch past one scan tile, with torch's caching allocator off
-SUBSET="torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025)"
+# and the prepared path, the graph replays (20 under a sanitizer) and concurrent streams/threads
+SUBSET="torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_check_true) or test_prepared_graphs.py"
 want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "$tool" env NSA_SANITIZE=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-    --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "$SUBSET"
+    --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
 want bench && step bench python3 -m nsa_metadata.cli bench --quick --json "$OUT/bench_quick.json"

@@ -9,6 +9,7 @@ capacity checks of the binding.
 
 from __future__ import annotations
 
+import atexit
 import operator
 
 import numpy as np
@@ -246,6 +247,7 @@ def _raise_bad_element(i, kind, inputs, total):
 # fresh validation would build; nothing is kept alive by it.
 _PLANS = {}
 _PLANS_MAX = 64
+atexit.register(_PLANS.clear)  # release the plans before the extension is torn down
 
 
 def _cache_key(mode, arrays, scalars, out):

@@ -191,7 +191,8 @@ def empty_launch_host_us():
     return host_us(lambda k: _core.empty_launch(dev, stream), calls=2000)
 
 
-def run(configs, progress=True, gpu_only=False):
+def run(configs, progress=True, gpu_only=False, partial=None):
+    """Measure every configuration; `partial(rows)` is called after each (to save progress)."""
     rows = []
     for n, (mode, bs, ctx, opts) in enumerate(configs):
         if progress:
@@ -212,6 +213,8 @@ def run(configs, progress=True, gpu_only=False):
         r["torch_host_us"] = host_us(c.torch) if torch_ok else None
         rows.append(r)
         del c
+        if partial is not None:
+            partial(rows)
     if progress:
         print(f"\r[{'#' * 30}] {len(configs)}/{len(configs)} done{' ' * 40}", file=sys.stderr)
     return rows
@@ -299,17 +302,21 @@ def parse_args(argv=None):
 def main(args):
     import torch
 
-    rows = run(QUICK if args.quick else FULL, gpu_only=args.gpu_only)
-    empty = None if args.gpu_only else empty_launch_host_us()
     title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}")
+    empty = None if args.gpu_only else empty_launch_host_us()
+
+    def save(rows):
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"title": title, "device": torch.cuda.get_device_name(),
+                           "empty_launch_host_us": empty, "calls_per_graph": K, "rows": rows}, f,
+                          indent=1)
+
+    rows = run(QUICK if args.quick else FULL, gpu_only=args.gpu_only, partial=save)
     print(f"# {title}; K={K} calls per graph; empty launch: "
           f"{'-' if empty is None else f'{empty:.1f}'} us host")
     print(table(rows, empty))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"title": title, "device": torch.cuda.get_device_name(),
-                       "empty_launch_host_us": empty, "calls_per_graph": K, "rows": rows}, f, indent=1)
     if args.plot and not args.gpu_only:
         plot(rows, empty, args.plot, title)
     return 0
