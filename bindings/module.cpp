@@ -120,6 +120,9 @@ void empty_launch(int device, uintptr_t stream) {
 
 NB_MODULE(_core, m) {
   m.doc() = "nsa-metadata CUDA kernels (use the nsa_metadata package, not this module)";
+  // A Plan still referenced at interpreter exit (a global Prepared, a test's frame) is not a
+  // leak worth a warning in every user's log.
+  nb::set_leak_warnings(false);
   nb::class_<Plan>(m, "Plan", "A launch bound to validated device buffers (see nsa_metadata._api).")
       .def(nb::init<int, const IndexDesc&, const IndexDesc&, const IndexDesc&, const TableDesc&,
                     const std::vector<DestDesc>&, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t,
