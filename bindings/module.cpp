@@ -3,7 +3,8 @@
 // strides off the caller's arrays, and _api.py validates them, once per call or once per Plan.
 //
 // Why integers and not nb::ndarray: importing one torch tensor through DLPack costs ~6.6 us
-// (H100, nanobind 3.1, torch 2.11); a call passes up to nine, more than the launch itself.
+// (H100, nanobind 3.1, torch 2.11); a call passes 9 to 11 arrays per destination set, which
+// would cost more than the launch itself.
 #include <string>
 #include <tuple>
 #include <vector>

@@ -230,3 +230,22 @@ def test_repeated_calls_on_the_same_buffers_stay_exact(lib):
     lib.synchronize()
     np.testing.assert_array_equal(lib.to_host(other.page_table_1), want.page_table_1)
     np.testing.assert_array_equal(lib.to_host(other.real_page_table), want.real_page_table)
+
+
+def test_check_true_waits_for_the_given_stream():
+    """check=True reads its status word after the stream it launched on, not the current one."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(31)
+    inp = random_inputs(rng, "decode", 30, 200, bad_pool=False)
+    inp["req_pool_indices"][7] = inp["req_to_token"].shape[0] + 2
+    d = {k: torch.from_numpy(v).cuda() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    side = torch.cuda.Stream()
+    for _ in range(3):
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(100_000_000)  # the kernel queues behind this on `side`
+        with pytest.raises(ValueError, match=r"req_pool_indices\[7\] = "):
+            nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=200,
+                      check=True, stream=side)
+    side.synchronize()
+    nm.decode(d["seq_lens"][:7], d["req_pool_indices"][:7], d["req_to_token"], max_len=200,
+              check=True, stream=side.cuda_stream)

@@ -571,12 +571,12 @@ def test_sixteen_destinations_accepted():
         assert_md(md, nsa_cache_seqlens=[2, 1], page_table_1=[[20, 21, 22], [30, 31, 32]])
 
 
-def test_single_metadata_returns_it_and_tuple_returns_list():
+def test_out_is_returned_as_given():
     md = blank(2, 2, 3, expanded=False)
     assert nm.decode(a32(3, 1), a32(1, 2), TABLE_A, max_len=3, topk=2, out=md) is md
     md2 = blank(2, 2, 3, expanded=False)
-    ret = nm.decode(a32(3, 1), a32(1, 2), TABLE_A, max_len=3, topk=2, out=(md2,))
-    assert isinstance(ret, list) and ret[0] is md2
+    dests = (md2,)
+    assert nm.decode(a32(3, 1), a32(1, 2), TABLE_A, max_len=3, topk=2, out=dests) is dests
     assert_md(md2, cu_seqlens_k=[0, 3, 4])
 
 

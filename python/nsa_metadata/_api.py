@@ -332,11 +332,12 @@ def run(mode, seq_lens, req_pool_indices, req_to_token, extend_lens=None, *, max
             if len(_PLANS) >= _PLANS_MAX:
                 _PLANS.pop(next(iter(_PLANS)))
             _PLANS[key] = (plan, _arrays.current_stream_getter(inputs[0].lib, device), bs)
-        if check:
-            key = int(status[0].item())  # synchronises: check=True is the debugging mode
+        if check:  # synchronises: check=True is the debugging mode
+            _arrays.synchronize(inputs[0].lib, device, handle)  # the kernel's stream, maybe not current
+            key = int(status[0].item())
             if key != -1:
                 _raise_bad_element(key >> 3, key & 7, inputs, total)
-    return outs[0] if out is None or isinstance(out, Metadata) else outs
+    return outs[0] if out is None else out
 
 
 def _run_reference(mode, inputs, outs, *, check, **kw):

@@ -126,6 +126,17 @@ def empty_status(lib, device):
         return cupy.empty(1, cupy.int64)
 
 
+def synchronize(lib, device, stream):
+    """Wait on the host for the work queued so far on `stream` (check=True only)."""
+    if lib == "torch":
+        torch = _torch()
+        torch.cuda.ExternalStream(stream, device=torch.device("cuda", device)).synchronize()
+    else:
+        cupy = _cupy()
+        with cupy.cuda.Device(device):
+            cupy.cuda.ExternalStream(stream).synchronize()
+
+
 def current_stream(lib, device):
     """The caller's current stream on `device`, as an integer handle."""
     return current_stream_getter(lib, device)()
