@@ -134,7 +134,7 @@ def synchronize(lib, device, stream):
     else:
         cupy = _cupy()
         with cupy.cuda.Device(device):
-            cupy.cuda.ExternalStream(stream).synchronize()
+            cupy.cuda.runtime.streamSynchronize(stream)
 
 
 def current_stream(lib, device):
