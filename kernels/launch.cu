@@ -102,29 +102,29 @@ __device__ void meta_block(const A& a) {
   }
   for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * kItems) {
     int32_t lens[kItems];
-    int64_t ext[kItems];
+    int64_t nrows[kItems];  // rows the request owns
     Sums mine{0, 0, 0};
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int64_t i = base + int64_t{tid} * kItems + k;
       lens[k] = 0;
-      ext[k] = 0;
+      nrows[k] = 0;
       if (i >= in.bs) continue;
       const int64_t raw = load_index(in.seq_lens, i);
       lens[k] = wrap32(raw);
-      ext[k] = rows_of(a, i);
+      nrows[k] = rows_of(a, i);
       const int64_t cache = cache_seqlen(a, lens[k]);
       int64_t nsa = 0;
       if (p.mode == Mode::decode) {
         nsa = sparse(lens[k], topk, kpool);
       } else if (p.mode == Mode::target_verify) {
-        for (int64_t j = 0; j < ext[k]; ++j) nsa += sparse(expanded(a, lens[k], 0, j), topk, kpool);
+        for (int64_t j = 0; j < nrows[k]; ++j) nsa += sparse(expanded(a, lens[k], 0, j), topk, kpool);
       } else {  // only rows below total are ever written: sum those in closed form
-        const int64_t m = ext[k] < a.rows ? ext[k] : a.rows;
-        const int64_t lo = int64_t{lens[k]} - ext[k] + 1;
+        const int64_t m = nrows[k] < a.rows ? nrows[k] : a.rows;
+        const int64_t lo = int64_t{lens[k]} - nrows[k] + 1;
         nsa = sparse_range_sum(lo, lo + m - 1, topk, kpool);
       }
-      mine = AddSums()(mine, Sums{cache, nsa, ext[k]});
+      mine = AddSums()(mine, Sums{cache, nsa, nrows[k]});
       if (p.status != nullptr) {
         const int64_t q = load_index(in.req_pool_indices, i);
         bool over = outside_int32(raw) ||
@@ -154,9 +154,9 @@ __device__ void meta_block(const A& a) {
         a.out.dest[d].cu_seqlens_k[i + 1] = wrap32(prefix.cache);
       }
       bool over = outside_int32(prefix.cache);
-      const int64_t row_end = prefix.rows + ext[k] < a.rows ? prefix.rows + ext[k] : a.rows;
+      const int64_t row_end = prefix.rows + nrows[k] < a.rows ? prefix.rows + nrows[k] : a.rows;
       for (int64_t r = prefix.rows; r < row_end; ++r) {
-        const int64_t e = expanded(a, lens[k], ext[k], r - prefix.rows);
+        const int64_t e = expanded(a, lens[k], nrows[k], r - prefix.rows);
         const int64_t s = sparse(e, topk, kpool);
         prefix.nsa += s;
         over = over || outside_int32(prefix.nsa);
@@ -167,7 +167,7 @@ __device__ void meta_block(const A& a) {
           D.nsa_cu_seqlens_k[r + 1] = wrap32(prefix.nsa);
         }
       }
-      prefix.rows += ext[k];
+      prefix.rows += nrows[k];
       if (p.status != nullptr && over && bad_key(i, 3) < bad) bad = bad_key(i, 3);
     }
   }
