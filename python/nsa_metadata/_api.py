@@ -336,9 +336,9 @@ def run(mode, seq_lens, req_pool_indices, req_to_token, extend_lens=None, *, max
             _PLANS[key] = (plan, _arrays.current_stream_getter(inputs[0].lib, device), bs)
         if check:  # synchronises: check=True is the debugging mode
             _arrays.synchronize(inputs[0].lib, device, handle)  # the kernel's stream, maybe not current
-            key = int(status[0].item())
-            if key != -1:
-                _raise_bad_element(key >> 3, key & 7, inputs, total)
+            bad = int(status[0].item())  # (request << 3) | kind, or -1
+            if bad != -1:
+                _raise_bad_element(bad >> 3, bad & 7, inputs, total)
     return outs[0] if out is None else out
 
 
