@@ -227,8 +227,7 @@ def _plan(mode, inputs, dests, caps, *, topk, kpool, page_size, next_n, live, st
 
 def _raise_bad_element(i, kind, inputs, total):
     if kind == reference.TOTAL:
-        ext = np.asarray([_arrays.scalar_int64(inputs[3], k) for k in range(inputs[0].shape[0])])
-        s = int(np.maximum(reference.int32(ext), 0).sum())
+        s = int(np.maximum(reference.int32(_arrays.to_list(inputs[3])), 0).sum())
         raise ValueError(f"total = {total} but sum(extend_lens) = {s}")
     if kind == reference.POOL_INDEX:
         v = _arrays.scalar_int64(inputs[1], i)
@@ -435,28 +434,23 @@ class Prepared:
         self._host_step(bs, max_len, total)
 
     def _host_step(self, bs, max_len, total):
-        """The reference on the first `bs` requests, written into the bound buffers."""
+        """The reference on the first `bs` requests, written into the bound buffers' regions."""
         bs = _int("bs", bs, 0, self.caps[0])
         max_len = _int("max_len", max_len, 0, min(self.inputs[2].shape[1], self.caps[2]))
         rows = bs * self.kw["next_n"] if self.mode != "draft_extend" else _int("total", total, 0, self.caps[1])
-        width = -(-max_len // self.kw["page_size"])
-        if rows > self.caps[1] or width > self.caps[3]:
+        if rows > self.caps[1] or -(-max_len // self.kw["page_size"]) > self.caps[3]:
             raise ValueError(f"this step needs {rows} rows of width {max_len}; the bound buffers hold less")
-        views = [a.obj[:bs] for a in (self.inputs[0], self.inputs[1])]
-        ext = self.inputs[3].obj[:bs] if self.mode == "draft_extend" else None
-        outs = [Metadata(**{f: None if getattr(md, f) is None else
-                            (getattr(md, f)[:rows, :(max_len if f == "page_table_1" else width)]
-                             if f in TABLES else getattr(md, f)[:len_])
-                            for f, len_ in (("cache_seqlens", bs), ("cu_seqlens_k", bs + 1),
-                                            ("nsa_cache_seqlens", rows), ("nsa_cu_seqlens_k", rows + 1),
-                                            ("page_table_1", 0), ("real_page_table", 0),
-                                            ("seqlens_expanded", rows))})
-                for md in self.outs]
-        for md, bound in zip(outs, self.outs):
-            if self.mode == "decode":
-                md.seqlens_expanded = None
+        shapes = _shapes(self.mode, bs, rows, max_len, self.kw["page_size"])
+        outs = []
+        for bound in self.outs:
+            md = Metadata(**{f: None if shape is None or getattr(bound, f) is None else
+                             getattr(bound, f)[tuple(slice(n) for n in shape)]
+                             for f, shape in shapes.items()})
             if bound.real_page_table is bound.page_table_1:
                 md.real_page_table = md.page_table_1
+            outs.append(md)
+        views = [a.obj[:bs] for a in (self.inputs[0], self.inputs[1])]
+        ext = self.inputs[3].obj[:bs] if self.mode == "draft_extend" else None
         run(self.mode, views[0], views[1], self.inputs[2].obj, ext, max_len=max_len, total=total,
             out=outs, **self.kw)
 

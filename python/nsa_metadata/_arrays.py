@@ -167,6 +167,11 @@ def stream_handle(stream):
     raise TypeError(f"stream must be an integer handle or a torch/CuPy stream, not {type(stream).__name__}")
 
 
+def to_list(a):
+    """The elements of a 1-D array as Python ints, in one transfer (error paths only)."""
+    return a.obj.tolist()
+
+
 def scalar_int64(a, index):
     """One element of a device or host array as a Python int (synchronises: error paths only)."""
     v = a.obj[index]
