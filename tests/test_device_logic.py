@@ -234,6 +234,26 @@ def test_check_true_reports_the_element_the_device_names(rec, monkeypatch, mode)
                         lambda lib, device: np.array([2 << 3 | reference.NEGATIVE_LEN], np.int64))
     with pytest.raises(ValueError, match=r"seq_lens\[2\] = -9 is negative"):
         call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
+    monkeypatch.setattr(_arrays, "empty_status",
+                        lambda lib, device: np.array([1 << 3 | reference.OVERFLOW], np.int64))
+    with pytest.raises(ValueError, match=rf"seq_lens\[1\] = {inp['seq_lens'][1]} overflows int32"):
+        call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
+
+
+def test_check_true_reports_extend_lens_and_total(rec, monkeypatch):
+    inp = inputs("draft_extend")
+    bs = inp["seq_lens"].shape[0]
+    inp["extend_lens"][3] = -2
+    monkeypatch.setattr(_arrays, "empty_status",
+                        lambda lib, device: np.array([3 << 3 | reference.BAD_EXTEND], np.int64))
+    with pytest.raises(ValueError, match=r"extend_lens\[3\] = -2 is negative"):
+        call(nm, "draft_extend", inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
+    monkeypatch.setattr(_arrays, "empty_status",
+                        lambda lib, device: np.array([bs << 3 | reference.TOTAL], np.int64))
+    live = int(np.maximum(inp["extend_lens"], 0).sum())
+    with pytest.raises(ValueError, match=rf"total = {live + 5} but sum\(extend_lens\) = {live}"):
+        call(nm, "draft_extend", inp, live + 5, max_len=MAX_LEN, page_size=PAGE, topk=TOPK,
+             check=True)
 
 
 @pytest.mark.parametrize("mode, name", [(m, n) for m in MODES
