@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
+# (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG)
 # Logs go to $OUT (or ./gpu_check_out); the table is printed last.
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
