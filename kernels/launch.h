@@ -12,6 +12,16 @@ enum class Mode : int { decode = 0, target_verify = 1, draft_extend = 2 };
 
 constexpr int kMaxDests = 16;  // destination sets filled by one launch
 
+// What check=True found first, as the low 3 bits of the status word (request index << 3 | kind).
+enum BadKind : int {
+  kBadPoolIndex = 0,    // req_pool_indices[i] outside [0, P)
+  kNegativeLength = 1,  // seq_lens[i] < 0
+  kBadExtend = 2,       // extend_lens[i] negative or outside int32
+  kOverflow = 3,        // an int32 overflow (a length or a cumulative sum through request i)
+  kBadTotal = 4,        // total != sum(extend_lens) (index bs)
+};
+constexpr unsigned long long kStatusOk = ~0ull;  // the status word when nothing is bad
+
 // A 1-D int32 or int64 device array read with any element stride.
 struct IndexArray {
   const void* data = nullptr;
@@ -24,8 +34,9 @@ struct Inputs {
   IndexArray req_pool_indices;
   IndexArray extend_lens;  // draft_extend only
   const int32_t* req_to_token = nullptr;
-  int64_t pool_rows = 0;   // P
-  int64_t row_stride = 0;  // in elements, unit column stride
+  int64_t pool_rows = 0;    // P
+  int64_t table_width = 0;  // W: no read goes past column W - 1 of a pool row
+  int64_t row_stride = 0;   // in elements, unit column stride
   int64_t bs = 0;
 };
 
@@ -41,6 +52,9 @@ struct Dest {
   int64_t page_table_1_stride = 0;
   int32_t* real_page_table = nullptr;
   int64_t real_page_table_stride = 0;
+  // target_verify, optional: [bs, next_n], any strides (in elements)
+  int32_t* paged_mqa_ctx_lens_2d = nullptr;
+  int64_t paged_mqa_stride0 = 0, paged_mqa_stride1 = 0;
 };
 
 struct Outputs {
@@ -57,11 +71,24 @@ struct Params {
   int32_t next_n = 1;     // target_verify
   int64_t total = 0;      // draft_extend: rows (a capacity under CUDA graphs)
   bool live = false;
-  // check=True: the kernel stores here (request index << 3 | kind) of the first bad element,
-  // or all ones when there is none. Kinds: 0 pool index, 1 negative length, 2 extend length
-  // negative or outside int32, 3 int32 overflow, 4 total != sum(extend_lens) (index bs).
+  // check=True: the kernel stores here (request index << 3 | BadKind) of the first bad element,
+  // or kStatusOk when there is none.
   unsigned long long* status = nullptr;
 };
+
+// The regions one call writes (SPEC): rows of the nsa/page outputs, the width of page_table_1 and
+// of the real table. The binding checks capacities with it and the launcher sizes with it.
+struct Shape {
+  int64_t rows = 0, width = 0, real_width = 0;
+};
+inline Shape shape_of(Mode mode, int64_t bs, int64_t next_n, int64_t total, int64_t max_len,
+                      int64_t page_size) {
+  Shape s;
+  s.rows = mode == Mode::decode ? bs : mode == Mode::target_verify ? bs * next_n : total;
+  s.width = max_len;
+  s.real_width = page_size > 0 ? (max_len + page_size - 1) / page_size : 0;
+  return s;
+}
 
 enum Status : int {
   kOk = 0,
@@ -71,7 +98,8 @@ enum Status : int {
 };
 
 // Launches the one kernel of a call on `stream` of `device` (the caller's current device is
-// restored). Never synchronises. Returns kOk or a Status, and on kCudaError the CUDA error.
+// restored). Never synchronises. Returns kOk or a Status, and on kCudaError the CUDA error of
+// this launch (an earlier, unrelated error is neither reported nor cleared).
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error);
 
