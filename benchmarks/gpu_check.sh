@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
-# (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG)
+# (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG;
+# BENCH_ARGS adds options to both, e.g. BENCH_ARGS="--match @"). A carried SGLang wheel in .whl/
+# is installed with --no-deps --target and timed beside ours (--sglang).
 # Logs go to $OUT (or ./gpu_check_out); the table is printed last.
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
@@ -18,9 +20,15 @@ step() {  # step NAME CMD...: run, log to $OUT/NAME.log, keep a one-line verdict
 STEPS=${STEPS:-build pytest ctest sanitize bench}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+SGLANG=()
+if ls .whl/sglang-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sglang-*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && SGLANG=(--sglang)
+fi
 
 if want build; then
-  step build python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
+  step build env CUDAARCHS=${CUDAARCHS:-90} python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
+  grep -E "spill|ptxas (error|warning)" "$OUT/build.log" > "$OUT/spills.txt"; echo "ptxas spill/warning lines: $(wc -l < "$OUT/spills.txt")" >> "$OUT/build.log"
 fi
 want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs tests -p no:cacheprovider --durations=5
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
@@ -33,8 +41,8 @@ want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck syncchec
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
-want bench && step bench python3 -m nsa_metadata.cli bench --quick --json "$OUT/bench_quick.json"
-want grid && step grid python3 -m nsa_metadata.cli bench --json "$OUT/bench.json" --plot "$OUT/bench.png"
+want bench && step bench python3 -m nsa_metadata.cli bench --quick "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench_quick.json"
+want grid && step grid python3 -m nsa_metadata.cli bench "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
 echo "== $(cat "$OUT/gpu.txt")"
 printf '%s\n' "${status[@]}"

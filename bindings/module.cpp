@@ -55,6 +55,7 @@ class Plan {
     in_.req_to_token = ptr<const int32_t>(std::get<0>(req_to_token));
     in_.pool_rows = std::get<1>(req_to_token);
     table_width_ = std::get<2>(req_to_token);
+    in_.table_width = table_width_;
     in_.row_stride = std::get<3>(req_to_token);
     out_.n = static_cast<int>(dests.size());
     for (int d = 0; d < out_.n; ++d) {

@@ -1,4 +1,5 @@
-// SPEC.md's formulas as device functions, with SPEC's names. Nothing else lives here.
+// SPEC.md's formulas as device functions, with SPEC's names: the scalar helpers, then each
+// mode's rows and lengths in one place. Nothing else lives here.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +55,39 @@ __host__ __device__ inline int64_t sparse_range_sum(int64_t lo, int64_t hi, int6
                                                     int64_t kpool) {
   if (hi < 0 || hi < lo) return 0;  // max(v, 0) = 0 and sparse(0) = 0
   return sparse_prefix(hi + 1, topk, kpool) - sparse_prefix(lo < 0 ? 0 : lo, topk, kpool);
+}
+
+// ---- the modes (SPEC "Modes"): rows a request owns, cache_seqlens, seqlens_expanded, L
+
+// Rows request i owns: decode 1, target_verify next_n, draft_extend max(extend_lens[i], 0).
+template <Mode M>
+__device__ inline int64_t rows_of(const Inputs& in, int32_t next_n, int64_t i) {
+  if constexpr (M == Mode::decode) return 1;
+  if constexpr (M == Mode::target_verify) return next_n;
+  const int64_t e = wrap32(load_index(in.extend_lens, i));
+  return e > 0 ? e : 0;
+}
+
+// cache_seqlens[i], which is also L of every row of request i.
+template <Mode M>
+__host__ __device__ inline int32_t cache_seqlen(int32_t lens, int32_t next_n) {
+  if constexpr (M == Mode::target_verify) return wrap32(int64_t{lens} + next_n);
+  return lens;
+}
+
+// seqlens_expanded of row j of a request that owns `nrows` rows (decode: its length).
+template <Mode M>
+__host__ __device__ inline int64_t expanded(int32_t lens, int64_t nrows, int64_t j) {
+  if constexpr (M == Mode::decode) return lens;
+  if constexpr (M == Mode::target_verify) return wrap32(int64_t{lens} + j + 1);
+  const int64_t v = int64_t{lens} - nrows + j + 1;
+  return v > 0 ? v : 0;
+}
+
+// Columns of a page row written: max_len, or with live the row's clamp(L, 0, max_len).
+__host__ __device__ inline int64_t live_cols(bool live, int32_t L, int64_t max_len) {
+  if (!live) return max_len;
+  return L < 0 ? 0 : (L < max_len ? L : max_len);
 }
 
 }  // namespace nsa

@@ -295,7 +295,7 @@ def run(mode, seq_lens, req_pool_indices, req_to_token, extend_lens=None, *, max
     live, check = _bool("live", live), _bool("check", check)
     inputs = _inputs(mode, seq_lens, req_pool_indices, req_to_token, extend_lens)
     bs, device = inputs[0].shape[0], inputs[0].device
-    max_len = _int("max_len", max_len, 0, inputs[2].shape[1])
+    max_len = _int("max_len", max_len, 0, min(inputs[2].shape[1], INT32_MAX))
     if mode == "target_verify":
         next_n = _int("next_n", next_n, 1)
         rows = bs * next_n

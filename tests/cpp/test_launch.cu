@@ -134,6 +134,7 @@ bool run_case(const Case& c, std::mt19937_64& rng) {
   in.req_to_token = upload(table);
   in.pool_rows = c.P;
   in.row_stride = c.W;
+  in.table_width = c.W;
   in.bs = c.bs;
   nsa::Params p;
   p.mode = c.mode;

@@ -1,0 +1,408 @@
+// The kernel of a call, as templates a C++ engine can include and instantiate; launch.cu is the
+// only file that knows the CUDA runtime and says which instance runs for which call.
+//
+// One launch, specialised at compile time by mode, by the set of page tables written and by the
+// number of destination slots:
+// - block 0 builds the 1-D outputs (a block scan over requests, 128 x kItems at a time, so every
+//   batch size works) and runs check=True's validation;
+// - every other block is one page program (group g, split s): for each request of its group it
+//   reads the live source columns of steps s, s + splits, ... once and writes them to each of the
+//   request's rows in every destination, taking the real table from the same loads. The launcher
+//   bounds the programs (groups x splits) by the size of the chip, so a table width far beyond
+//   the live lengths costs few idle programs.
+#pragma once
+
+#include "metadata.cuh"
+
+namespace nsa {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kItems = 4;             // requests per thread per step of the 1-D outputs
+constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 16 bytes a thread
+constexpr int kUnroll = 4;            // program steps in flight per thread
+#ifndef NSA_MIN_BLOCKS
+#define NSA_MIN_BLOCKS 6  // resident blocks per SM the registers allow: <= 80 each, no spills
+#endif
+
+// The page tables some destination writes (the code for the others is not compiled).
+enum Tables : int { kPageTable1 = 1, kRealTable = 2, kBothTables = 3 };
+
+template <int kSlots>
+struct Args {
+  Inputs in;
+  Dest dest[kSlots];
+  int n_dest;
+  Params p;
+  int64_t rows;       // shape_of(...).rows
+  int64_t groups;     // page programs = groups * splits
+  int64_t per_group;  // requests of a group: [g * per_group, (g + 1) * per_group)
+  int64_t splits;     // programs per group, striding over the steps of its rows
+  int ps_shift;       // log2(page_size) when it is a power of two, else -1
+};
+
+// ------------------------------------------------------------------ block 0: the 1-D outputs
+
+struct Sums {
+  long long cache, nsa, rows;
+};
+__device__ inline Sums operator+(const Sums& a, const Sums& b) {
+  return {a.cache + b.cache, a.nsa + b.nsa, a.rows + b.rows};
+}
+__device__ inline Sums operator-(const Sums& a, const Sums& b) {
+  return {a.cache - b.cache, a.nsa - b.nsa, a.rows - b.rows};
+}
+
+// Exclusive scan of the block's Sums; *total gets the block's sum.
+__device__ inline Sums block_exclusive_scan(const Sums& v, Sums* total) {
+  __shared__ Sums warp_sum[kWarps];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  Sums inc = v;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const Sums t{__shfl_up_sync(~0u, inc.cache, off), __shfl_up_sync(~0u, inc.nsa, off),
+                 __shfl_up_sync(~0u, inc.rows, off)};
+    if (lane >= off) inc = inc + t;
+  }
+  if (lane == 31) warp_sum[w] = inc;
+  __syncthreads();
+  Sums before{0, 0, 0}, all{0, 0, 0};
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) {
+    if (k < w) before = before + warp_sum[k];
+    all = all + warp_sum[k];
+  }
+  __syncthreads();  // warp_sum is reused by the next step
+  *total = all;
+  return before + (inc - v);
+}
+
+__device__ inline unsigned long long bad_key(int64_t i, int kind) {
+  return (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(kind);
+}
+
+// sum of sparse(seqlens_expanded) over the rows of one request (draft_extend: over at most
+// `rows` of them; only rows below the total are ever written).
+template <Mode M>
+__device__ inline int64_t nsa_sum(int32_t lens, int64_t nrows, int64_t rows, const Params& p) {
+  if constexpr (M == Mode::decode) return sparse(lens, p.topk, p.kpool);
+  if constexpr (M == Mode::target_verify) {
+    int64_t s = 0;
+    for (int64_t j = 0; j < nrows; ++j) s += sparse(expanded<M>(lens, nrows, j), p.topk, p.kpool);
+    return s;
+  }
+  const int64_t m = nrows < rows ? nrows : rows;
+  const int64_t lo = int64_t{lens} - nrows + 1;
+  return sparse_range_sum(lo, lo + m - 1, p.topk, p.kpool);
+}
+
+// check=True: the first problem of request i (raw values as the caller passed them), or 8.
+template <Mode M>
+__device__ inline int bad_kind(const Inputs& in, const Params& p, int64_t i, int64_t raw_len) {
+  const int64_t q = load_index(in.req_pool_indices, i);
+  if (q < 0 || q >= in.pool_rows) return kBadPoolIndex;
+  if (raw_len < 0) return kNegativeLength;
+  if constexpr (M == Mode::draft_extend) {
+    const int64_t e = load_index(in.extend_lens, i);
+    if (e < 0 || e > kInt32Max) return kBadExtend;
+  }
+  if (outside_int32(raw_len)) return kOverflow;
+  if (M == Mode::target_verify && raw_len + p.next_n > kInt32Max) return kOverflow;
+  return 8;
+}
+
+template <Mode M, int kSlots>
+__device__ void meta_block(const Args<kSlots>& a) {
+  const Inputs& in = a.in;
+  const Params& p = a.p;
+  const int tid = threadIdx.x;
+  const bool check = p.status != nullptr;
+  __shared__ unsigned long long first_bad;
+  if (tid == 0) {
+    first_bad = kStatusOk;
+    for (int d = 0; d < a.n_dest; ++d) {
+      a.dest[d].cu_seqlens_k[0] = 0;
+      a.dest[d].nsa_cu_seqlens_k[0] = 0;
+    }
+  }
+  __syncthreads();
+  Sums carry{0, 0, 0};
+  for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * kItems) {
+    const int64_t first = base + int64_t{tid} * kItems;  // this thread's kItems requests
+    Sums mine{0, 0, 0};
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {  // loads in flight together
+      const int64_t i = first + k;
+      if (i >= in.bs) continue;
+      const int64_t raw = load_index(in.seq_lens, i);
+      const int32_t lens = wrap32(raw);
+      const int64_t nrows = rows_of<M>(in, p.next_n, i);
+      mine = mine + Sums{cache_seqlen<M>(lens, p.next_n), nsa_sum<M>(lens, nrows, a.rows, p), nrows};
+      if (check) {
+        const int kind = bad_kind<M>(in, p, i, raw);
+        if (kind < 8) atomicMin(&first_bad, bad_key(i, kind));
+      }
+    }
+    Sums total;
+    Sums prefix = block_exclusive_scan(mine, &total) + carry;
+    carry = carry + total;
+#pragma unroll 1
+    for (int64_t i = first; i < first + kItems && i < in.bs; ++i) {  // (reloads hit L1)
+      const int32_t lens = wrap32(load_index(in.seq_lens, i));
+      const int64_t nrows = rows_of<M>(in, p.next_n, i);
+      const int32_t cache = cache_seqlen<M>(lens, p.next_n);
+      prefix.cache += cache;
+      for (int d = 0; d < a.n_dest; ++d) {
+        const Dest& D = a.dest[d];
+        D.cache_seqlens[i] = cache;
+        D.cu_seqlens_k[i + 1] = wrap32(prefix.cache);
+        if constexpr (M == Mode::target_verify) {
+          if (D.paged_mqa_ctx_lens_2d != nullptr)
+            for (int64_t j = 0; j < p.next_n; ++j)
+              D.paged_mqa_ctx_lens_2d[i * D.paged_mqa_stride0 + j * D.paged_mqa_stride1] = cache;
+        }
+      }
+      bool over = outside_int32(prefix.cache);
+      const int64_t row_end = prefix.rows + nrows < a.rows ? prefix.rows + nrows : a.rows;
+      for (int64_t r = prefix.rows; r < row_end; ++r) {
+        const int64_t e = expanded<M>(lens, nrows, r - prefix.rows);
+        const int64_t s = sparse(e, p.topk, p.kpool);
+        prefix.nsa += s;
+        over = over || outside_int32(prefix.nsa);
+        for (int d = 0; d < a.n_dest; ++d) {
+          const Dest& D = a.dest[d];
+          if (M != Mode::decode && D.seqlens_expanded != nullptr) D.seqlens_expanded[r] = static_cast<int32_t>(e);
+          D.nsa_cache_seqlens[r] = wrap32(s);
+          D.nsa_cu_seqlens_k[r + 1] = wrap32(prefix.nsa);
+        }
+      }
+      prefix.rows += nrows;
+      if (check && over) atomicMin(&first_bad, bad_key(i, kOverflow));
+    }
+  }
+  if (check) {
+    __syncthreads();
+    if (tid == 0) {
+      unsigned long long bad = first_bad;
+      if (bad == kStatusOk && M == Mode::draft_extend && carry.rows != a.rows) bad = bad_key(in.bs, kBadTotal);
+      *p.status = bad;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ page programs
+
+// p[i0] = sum(max(extend_lens[:i0], 0)) (draft_extend), summed by the whole block.
+template <int kSlots>
+__device__ int64_t rows_before(const Args<kSlots>& a, int64_t i0) {
+  __shared__ long long warp_sum[kWarps];
+  long long part[4] = {0, 0, 0, 0};  // independent loads in flight
+  for (int64_t k = threadIdx.x; k < i0; k += 4 * kThreads) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t kk = k + u * kThreads;
+      if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
+    }
+  }
+  long long s = part[0] + part[1] + part[2] + part[3];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(~0u, s, off);
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = s;
+  __syncthreads();
+  long long all = 0;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) all += warp_sum[k];
+  return all;
+}
+
+// Columns are int32 (max_len <= INT32_MAX), so the page arithmetic is 32-bit: no 64-bit
+// division subroutine, no spills.
+template <int kSlots>
+__device__ inline int32_t page_of_col(const Args<kSlots>& a, int32_t c) {
+  return a.ps_shift >= 0 ? c >> a.ps_shift : static_cast<int32_t>(static_cast<uint32_t>(c) / a.p.page_size);
+}
+template <int kSlots>
+__device__ inline int32_t page_of_token(const Args<kSlots>& a, int32_t v) {
+  if (a.ps_shift >= 0) return v >> a.ps_shift;  // arithmetic shift floors negatives too
+  const int32_t q = v / a.p.page_size;
+  return (q * a.p.page_size != v && v < 0) ? q - 1 : q;
+}
+// The first page start (a multiple of page_size) at or after column c >= 0 (fits uint32).
+template <int kSlots>
+__device__ inline int64_t next_page_start(const Args<kSlots>& a, int32_t c) {
+  const uint32_t up = static_cast<uint32_t>(c) + static_cast<uint32_t>(a.p.page_size) - 1u;
+  return a.ps_shift >= 0 ? (up >> a.ps_shift) << a.ps_shift : up / a.p.page_size * a.p.page_size;
+}
+
+// The rows of one request: decode's single row is a compile-time count.
+template <Mode M>
+struct Rows {
+  int64_t r0, n;
+  __device__ int64_t count() const { return M == Mode::decode ? 1 : n; }
+};
+
+template <Mode M>
+__device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, int32_t v) {
+#pragma unroll 1
+  for (int64_t r = 0; r < rows.count(); ++r) row0[r * stride] = v;
+}
+template <Mode M>
+__device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, int4 v) {
+#pragma unroll 1
+  for (int64_t r = 0; r < rows.count(); ++r) *reinterpret_cast<int4*>(row0 + r * stride) = v;
+}
+
+// Real-table column rc of the rows, in every destination that has a real table.
+template <Mode M, int kSlots>
+__device__ inline void store_real(const Args<kSlots>& a, Rows<M> rows, int32_t rc, int32_t page) {
+#pragma unroll 1
+  for (int d = 0; d < a.n_dest; ++d) {
+    const Dest& D = a.dest[d];
+    if (D.real_page_table != nullptr)
+      fill(D.real_page_table + rows.r0 * D.real_page_table_stride + rc, D.real_page_table_stride, rows, page);
+  }
+}
+
+// Source columns [c, c + 4) (values v, c 16-byte aligned in every page_table_1 row) or the one
+// column c (a scalar v) to the rows: page_table_1, and the real table where a column starts a page.
+template <int kTables, Mode M, int kSlots, class V>
+__device__ inline void store(const Args<kSlots>& a, Rows<M> rows, int32_t c, V v) {
+  constexpr int kWidth = sizeof(V) / sizeof(int32_t);
+#pragma unroll 1
+  for (int d = 0; d < a.n_dest; ++d) {
+    const Dest& D = a.dest[d];
+    if (D.page_table_1 != nullptr)
+      fill(D.page_table_1 + rows.r0 * D.page_table_1_stride + c, D.page_table_1_stride, rows, v);
+  }
+  if constexpr ((kTables & kRealTable) != 0) {
+#pragma unroll 1
+    for (int64_t col = next_page_start(a, c); col < int64_t{c} + kWidth; col += a.p.page_size) {
+      int32_t e;
+      if constexpr (kWidth == 1) {
+        e = v;
+      } else {
+        const int32_t k = static_cast<int32_t>(col - c);  // (a select, not a local array)
+        e = k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+      }
+      store_real(a, rows, page_of_col(a, static_cast<int32_t>(col)), page_of_token(a, e));
+    }
+  }
+}
+
+// 16-byte accesses need the source and every destination row at the same offset mod 16 bytes
+// (column 0); *phase gets that offset in elements.
+template <Mode M, int kSlots>
+__device__ inline bool same_phase(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, unsigned* phase) {
+  unsigned ph = src != nullptr ? (reinterpret_cast<uintptr_t>(src) >> 2) & 3u : 4u;
+  for (int d = 0; d < a.n_dest; ++d) {
+    const Dest& D = a.dest[d];
+    if (D.page_table_1 == nullptr) continue;
+    const unsigned mine = (reinterpret_cast<uintptr_t>(D.page_table_1 + rows.r0 * D.page_table_1_stride) >> 2) & 3u;
+    if (ph == 4u) ph = mine;
+    if (mine != ph || (rows.count() > 1 && (D.page_table_1_stride & 3) != 0)) return false;
+  }
+  *phase = ph == 4u ? 0u : ph;
+  return true;
+}
+
+// The columns [0, n_cols) of one request (source row src, or -1 where src is null) in the steps
+// s, s + splits, ... of this program; the loads of kUnroll steps are in flight together.
+template <int kTables, Mode M, int kSlots>
+__device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, int32_t n_cols, int32_t s) {
+  const int tid = threadIdx.x;
+  const int32_t splits = static_cast<int32_t>(a.splits);
+  const int32_t round = splits * kUnroll;  // steps between this program's rounds
+  if constexpr (kTables == kRealTable) {  // real-only: one element per page is all it needs
+    const int32_t n_real = page_of_col(a, static_cast<int32_t>(next_page_start(a, n_cols)));
+    for (int32_t m = s; m * kThreads < n_real; m += round) {
+      int32_t v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t rc = (m + u * splits) * kThreads + tid;
+        v[u] = (rc < n_real && src != nullptr) ? __ldg(src + int64_t{rc} * a.p.page_size) : -1;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t rc = (m + u * splits) * kThreads + tid;
+        if (rc < n_real) store_real(a, rows, rc, page_of_token(a, v[u]));
+      }
+    }
+    return;
+  }
+  unsigned phase = 0;
+  if (same_phase(a, src, rows, &phase)) {
+    int32_t h = (4 - phase) & 3;  // scalar columns before the first 16-byte boundary
+    if (h > n_cols) h = n_cols;
+    const int32_t nvec = (n_cols - h) / 4;
+    const int32_t tail = h + 4 * nvec;
+    if (s == 0) {
+      if (tid < h) store<kTables>(a, rows, tid, src ? __ldg(src + tid) : -1);
+      if (tid < n_cols - tail) store<kTables>(a, rows, tail + tid, src ? __ldg(src + tail + tid) : -1);
+    }
+    const int4* vsrc = src != nullptr ? reinterpret_cast<const int4*>(src + h) : nullptr;
+    for (int32_t m = s; m * kThreads < nvec; m += round) {
+      int4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t k = (m + u * splits) * kThreads + tid;
+        v[u] = (k < nvec && src != nullptr) ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t k = (m + u * splits) * kThreads + tid;
+        if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[u]);
+      }
+    }
+    return;
+  }
+  for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += splits) {  // scalar: rows out of phase
+    int32_t v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t c = int64_t{m} * kChunk + u * kThreads + tid;
+      v[u] = (c < n_cols && src != nullptr) ? __ldg(src + c) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t c = int64_t{m} * kChunk + u * kThreads + tid;
+      if (c < n_cols) store<kTables>(a, rows, static_cast<int32_t>(c), v[u]);
+    }
+  }
+}
+
+template <Mode M, int kTables, int kSlots>
+__device__ void page_program(const Args<kSlots>& a, int64_t program) {
+  const Inputs& in = a.in;
+  const Params& p = a.p;
+  const int64_t g = program % a.groups, s = program / a.groups;  // every group's split 0 first
+  const int64_t i0 = g * a.per_group;
+  const int64_t i1 = i0 + a.per_group < in.bs ? i0 + a.per_group : in.bs;
+  int64_t next_row = 0;
+  if constexpr (M == Mode::draft_extend) next_row = rows_before(a, i0);
+  for (int64_t i = i0; i < i1; ++i) {
+    Rows<M> rows{M == Mode::decode ? i : i * p.next_n, rows_of<M>(in, p.next_n, i)};
+    if constexpr (M == Mode::draft_extend) {
+      rows.r0 = next_row;
+      next_row += rows.n;
+      if (rows.r0 >= a.rows) return;
+      if (rows.n > a.rows - rows.r0) rows.n = a.rows - rows.r0;
+    }
+    if (rows.count() <= 0) continue;
+    const int64_t q = load_index(in.req_pool_indices, i);
+    const int32_t* src = (q >= 0 && q < in.pool_rows) ? in.req_to_token + q * in.row_stride : nullptr;
+    const int32_t L = cache_seqlen<M>(wrap32(load_index(in.seq_lens, i)), p.next_n);
+    copy_request<kTables>(a, src, rows, static_cast<int32_t>(live_cols(p.live, L, p.max_len)),
+                          static_cast<int32_t>(s));
+  }
+}
+
+template <Mode M, int kTables, int kSlots>
+__global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
+  if (blockIdx.x == 0) {
+    meta_block<M>(a);
+  } else {
+    page_program<M, kTables>(a, int64_t{blockIdx.x} - 1);
+  }
+}
+
+}  // namespace nsa
