@@ -234,6 +234,18 @@ def copy_floor_us(nbytes):
     return gpu_us(lambda k: bufs[k % len(bufs)][1].copy_(bufs[k % len(bufs)][0]))
 
 
+def warm_up_gpu(seconds=0.5):
+    """Keep the GPU busy for a moment so the first row is not timed at idle clocks."""
+    import torch
+
+    a, b = (torch.empty(64 << 20, dtype=torch.uint8, device="cuda") for _ in range(2))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            b.copy_(a)
+        torch.cuda.synchronize()
+
+
 def empty_launch_host_us():
     """Host us of one empty kernel launch through this extension (the launch floor)."""
     import torch
@@ -413,6 +425,7 @@ def main(args):
                if args.match is None or re.search(args.match, label(*c))]
     title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}"
              f"{f', sglang {sgl.VERSION}' if sgl else ''}, {time.strftime('%Y-%m-%d')}")
+    warm_up_gpu()
     empty = None if args.gpu_only else empty_launch_host_us()
 
     def save(rows):
