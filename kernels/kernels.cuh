@@ -21,6 +21,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;             // requests per thread per step of the 1-D outputs
 constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 16 bytes a thread
 constexpr int kUnroll = 4;            // program steps in flight per thread
+static_assert(kChunk / kThreads == kUnroll, "the scalar path loads one step as kUnroll columns a thread");
 #ifndef NSA_MIN_BLOCKS
 #define NSA_MIN_BLOCKS 6  // resident blocks per SM the registers allow: <= 80 each, no spills
 #endif
@@ -40,6 +41,14 @@ struct Args {
   int64_t splits;     // programs per group, striding over the steps of its rows
   int ps_shift;       // log2(page_size) when it is a power of two, else -1
 };
+
+// Moves the next loaded value into v[0] (a rolled store loop over an unrolled load keeps one
+// store site in the code: small kernels, few instruction-cache misses).
+template <class T, int N>
+__device__ inline void rotate(T (&v)[N]) {
+#pragma unroll
+  for (int w = 0; w + 1 < N; ++w) v[w] = v[w + 1];
+}
 
 // ------------------------------------------------------------------ block 0: the 1-D outputs
 
@@ -129,12 +138,16 @@ __device__ void meta_block(const Args<kSlots>& a) {
   Sums carry{0, 0, 0};
   for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * kItems) {
     const int64_t first = base + int64_t{tid} * kItems;  // this thread's kItems requests
-    Sums mine{0, 0, 0};
+    int64_t raw_lens[kItems];
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {  // loads in flight together
+    for (int k = 0; k < kItems; ++k)  // loads in flight together
+      raw_lens[k] = first + k < in.bs ? load_index(in.seq_lens, first + k) : 0;
+    Sums mine{0, 0, 0};
+#pragma unroll 1
+    for (int k = 0; k < kItems; ++k, rotate(raw_lens)) {
       const int64_t i = first + k;
-      if (i >= in.bs) continue;
-      const int64_t raw = load_index(in.seq_lens, i);
+      if (i >= in.bs) break;
+      const int64_t raw = raw_lens[0];
       const int32_t lens = wrap32(raw);
       const int64_t nrows = rows_of<M>(in, p.next_n, i);
       mine = mine + Sums{cache_seqlen<M>(lens, p.next_n), nsa_sum<M>(lens, nrows, a.rows, p), nrows};
@@ -223,9 +236,7 @@ __device__ inline int32_t page_of_col(const Args<kSlots>& a, int32_t c) {
 }
 template <int kSlots>
 __device__ inline int32_t page_of_token(const Args<kSlots>& a, int32_t v) {
-  if (a.ps_shift >= 0) return v >> a.ps_shift;  // arithmetic shift floors negatives too
-  const int32_t q = v / a.p.page_size;
-  return (q * a.p.page_size != v && v < 0) ? q - 1 : q;
+  return floor_div(v, a.p.page_size, a.ps_shift);
 }
 // The first page start (a multiple of page_size) at or after column c >= 0 (fits uint32).
 template <int kSlots>
@@ -321,10 +332,10 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
         const int32_t rc = (m + u * splits) * kThreads + tid;
         v[u] = (rc < n_real && src != nullptr) ? __ldg(src + int64_t{rc} * a.p.page_size) : -1;
       }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll 1
+      for (int u = 0; u < kUnroll; ++u, rotate(v)) {
         const int32_t rc = (m + u * splits) * kThreads + tid;
-        if (rc < n_real) store_real(a, rows, rc, page_of_token(a, v[u]));
+        if (rc < n_real) store_real(a, rows, rc, page_of_token(a, v[0]));
       }
     }
     return;
@@ -335,9 +346,9 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
     if (h > n_cols) h = n_cols;
     const int32_t nvec = (n_cols - h) / 4;
     const int32_t tail = h + 4 * nvec;
-    if (s == 0) {
-      if (tid < h) store<kTables>(a, rows, tid, src ? __ldg(src + tid) : -1);
-      if (tid < n_cols - tail) store<kTables>(a, rows, tail + tid, src ? __ldg(src + tail + tid) : -1);
+    if (s == 0 && tid < 8) {  // threads 0-3: the head columns, 4-7: the tail columns
+      const int32_t c = tid < 4 ? tid : tail + tid - 4;
+      if (c < (tid < 4 ? h : n_cols)) store<kTables>(a, rows, c, src ? __ldg(src + c) : -1);
     }
     const int4* vsrc = src != nullptr ? reinterpret_cast<const int4*>(src + h) : nullptr;
     for (int32_t m = s; m * kThreads < nvec; m += round) {
@@ -347,25 +358,25 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
         const int32_t k = (m + u * splits) * kThreads + tid;
         v[u] = (k < nvec && src != nullptr) ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
       }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll 1
+      for (int u = 0; u < kUnroll; ++u, rotate(v)) {
         const int32_t k = (m + u * splits) * kThreads + tid;
-        if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[u]);
+        if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[0]);
       }
     }
     return;
   }
   for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += splits) {  // scalar: rows out of phase
-    int32_t v[4];
+    int32_t v[kUnroll];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = int64_t{m} * kChunk + u * kThreads + tid;
       v[u] = (c < n_cols && src != nullptr) ? __ldg(src + c) : -1;
     }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
+#pragma unroll 1
+    for (int u = 0; u < kUnroll; ++u, rotate(v)) {
       const int64_t c = int64_t{m} * kChunk + u * kThreads + tid;
-      if (c < n_cols) store<kTables>(a, rows, static_cast<int32_t>(c), v[u]);
+      if (c < n_cols) store<kTables>(a, rows, static_cast<int32_t>(c), v[0]);
     }
   }
 }

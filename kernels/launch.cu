@@ -10,7 +10,7 @@ namespace nsa {
 namespace {
 
 #ifndef NSA_PROGRAMS_PER_SM
-#define NSA_PROGRAMS_PER_SM 16  // H100: 16 resident blocks of 128 threads per SM at <= 32 registers
+#define NSA_PROGRAMS_PER_SM 8  // about one wave of resident blocks (H100: 7-8 at <= 72 registers)
 #endif
 
 __global__ void empty_kernel() {}

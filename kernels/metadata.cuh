@@ -24,29 +24,30 @@ __device__ inline int64_t load_index(const IndexArray& a, int64_t i) {
                 : __ldg(static_cast<const int32_t*>(a.data) + i * a.stride);
 }
 
-// floor division (Python's //) by d >= 1; shift >= 0 when d == 1 << shift.
-__host__ __device__ inline int64_t floor_div(int64_t v, int64_t d, int shift) {
+// floor division (Python's //) of an int32 value by d >= 1; shift >= 0 when d == 1 << shift.
+// 32-bit on purpose: every value divided here is an int32 (a length or a token slot), and a
+// 64-bit division is a long subroutine in every kernel that inlines it.
+__host__ __device__ inline int32_t floor_div(int32_t v, int32_t d, int shift) {
   if (shift >= 0) return v >> shift;  // arithmetic shift floors negatives too
-  const int64_t q = v / d;
+  const int32_t q = v / d;
   return (q * d != v && v < 0) ? q - 1 : q;
 }
 
 // sparse(x) = min(x, topk) when kpool == 1, else min(floor(x/kpool)*kpool, topk) + (x mod kpool);
-// exact in int64, truncated by the caller.
+// x is an int32 value (every mode's seqlens_expanded is), the result exact in int64.
 __host__ __device__ inline int64_t sparse(int64_t x, int64_t topk, int64_t kpool) {
   if (kpool == 1) return x < topk ? x : topk;
-  const int64_t f = floor_div(x, kpool, -1);
-  const int64_t m = x - f * kpool;
-  const int64_t c = f * kpool;
-  return (c < topk ? c : topk) + m;
+  const int64_t c = int64_t{floor_div(static_cast<int32_t>(x), static_cast<int32_t>(kpool), -1)} * kpool;
+  return (c < topk ? c : topk) + (x - c);
 }
 
-// sum of sparse(y) for 0 <= y < x (x >= 0), in closed form: sparse(y) = y below
+// sum of sparse(y) for 0 <= y < x (0 <= x <= 2^31), in closed form: sparse(y) = y below
 // y0 = (floor(topk/kpool) + 1) * kpool, and topk + (y - y0) mod kpool from there.
 __host__ __device__ inline int64_t sparse_prefix(int64_t x, int64_t topk, int64_t kpool) {
-  const int64_t y0 = (topk / kpool + 1) * kpool;
+  const int64_t y0 = (int64_t{static_cast<int32_t>(topk) / static_cast<int32_t>(kpool)} + 1) * kpool;
   if (x <= y0) return x * (x - 1) / 2;
-  const int64_t m = x - y0, full = m / kpool, rem = m % kpool;
+  const int64_t m = x - y0;  // in (0, 2^31]: unsigned 32-bit division
+  const int64_t full = static_cast<uint32_t>(m) / static_cast<uint32_t>(kpool), rem = m - full * kpool;
   return y0 * (y0 - 1) / 2 + m * topk + full * (kpool * (kpool - 1) / 2) + rem * (rem - 1) / 2;
 }
 
