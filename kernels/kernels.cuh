@@ -135,18 +135,19 @@ __device__ void meta_block(const Args<kSlots>& a) {
     }
   }
   __syncthreads();
+  // requests per thread: one for small batches (the shortest chain), up to kItems per step
+  const int items = in.bs <= kThreads ? 1 : in.bs < kThreads * kItems ? (in.bs + kThreads - 1) / kThreads : kItems;
   Sums carry{0, 0, 0};
-  for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * kItems) {
-    const int64_t first = base + int64_t{tid} * kItems;  // this thread's kItems requests
+  for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * items) {
+    const int64_t first = base + int64_t{tid} * items;  // this thread's requests
+    const int64_t end = first + items < in.bs ? first + items : in.bs;
     int64_t raw_lens[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k)  // loads in flight together
-      raw_lens[k] = first + k < in.bs ? load_index(in.seq_lens, first + k) : 0;
+      raw_lens[k] = first + k < end ? load_index(in.seq_lens, first + k) : 0;
     Sums mine{0, 0, 0};
 #pragma unroll 1
-    for (int k = 0; k < kItems; ++k, rotate(raw_lens)) {
-      const int64_t i = first + k;
-      if (i >= in.bs) break;
+    for (int64_t i = first; i < end; ++i, rotate(raw_lens)) {
       const int64_t raw = raw_lens[0];
       const int32_t lens = wrap32(raw);
       const int64_t nrows = rows_of<M>(in, p.next_n, i);
@@ -160,7 +161,7 @@ __device__ void meta_block(const Args<kSlots>& a) {
     Sums prefix = block_exclusive_scan(mine, &total) + carry;
     carry = carry + total;
 #pragma unroll 1
-    for (int64_t i = first; i < first + kItems && i < in.bs; ++i) {  // (reloads hit L1)
+    for (int64_t i = first; i < end; ++i) {  // (reloads hit L1)
       const int32_t lens = wrap32(load_index(in.seq_lens, i));
       const int64_t nrows = rows_of<M>(in, p.next_n, i);
       const int32_t cache = cache_seqlen<M>(lens, p.next_n);
