@@ -62,7 +62,9 @@ __device__ inline Sums operator-(const Sums& a, const Sums& b) {
   return {a.cache - b.cache, a.nsa - b.nsa, a.rows - b.rows};
 }
 
-// Exclusive scan of the block's Sums; *total gets the block's sum.
+// Exclusive scan of the block's Sums; *total gets the block's sum. The row counts need a scan
+// only where requests own different numbers of rows (draft_extend).
+template <bool kScanRows>
 __device__ inline Sums block_exclusive_scan(const Sums& v, Sums* total) {
   __shared__ Sums warp_sum[kWarps];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -70,7 +72,7 @@ __device__ inline Sums block_exclusive_scan(const Sums& v, Sums* total) {
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
     const Sums t{__shfl_up_sync(~0u, inc.cache, off), __shfl_up_sync(~0u, inc.nsa, off),
-                 __shfl_up_sync(~0u, inc.rows, off)};
+                 kScanRows ? __shfl_up_sync(~0u, inc.rows, off) : 0};
     if (lane >= off) inc = inc + t;
   }
   if (lane == 31) warp_sum[w] = inc;
@@ -141,16 +143,18 @@ __device__ void meta_block(const Args<kSlots>& a) {
   for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * items) {
     const int64_t first = base + int64_t{tid} * items;  // this thread's requests
     const int64_t end = first + items < in.bs ? first + items : in.bs;
-    int64_t raw_lens[kItems];
+    int64_t raw_lens[kItems], nrows_of[kItems];
 #pragma unroll
-    for (int k = 0; k < kItems; ++k)  // loads in flight together
+    for (int k = 0; k < kItems; ++k) {  // loads in flight together
       raw_lens[k] = first + k < end ? load_index(in.seq_lens, first + k) : 0;
+      nrows_of[k] = first + k < end ? rows_of<M>(in, p.next_n, first + k) : 0;
+    }
     Sums mine{0, 0, 0};
 #pragma unroll 1
-    for (int64_t i = first; i < end; ++i, rotate(raw_lens)) {
+    for (int64_t i = first; i < end; ++i, rotate(raw_lens), rotate(nrows_of)) {
       const int64_t raw = raw_lens[0];
       const int32_t lens = wrap32(raw);
-      const int64_t nrows = rows_of<M>(in, p.next_n, i);
+      const int64_t nrows = nrows_of[0];
       mine = mine + Sums{cache_seqlen<M>(lens, p.next_n), nsa_sum<M>(lens, nrows, a.rows, p), nrows};
       if (check) {
         const int kind = bad_kind<M>(in, p, i, raw);
@@ -158,8 +162,9 @@ __device__ void meta_block(const Args<kSlots>& a) {
       }
     }
     Sums total;
-    Sums prefix = block_exclusive_scan(mine, &total) + carry;
+    Sums prefix = block_exclusive_scan<M == Mode::draft_extend>(mine, &total) + carry;
     carry = carry + total;
+    if constexpr (M != Mode::draft_extend) prefix.rows = M == Mode::decode ? first : first * p.next_n;
 #pragma unroll 1
     for (int64_t i = first; i < end; ++i) {  // (reloads hit L1)
       const int32_t lens = wrap32(load_index(in.seq_lens, i));
@@ -383,28 +388,30 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
 }
 
 template <Mode M, int kTables, int kSlots>
-__device__ void page_program(const Args<kSlots>& a, int64_t program) {
+__device__ void page_program(const Args<kSlots>& a, int32_t program) {
   const Inputs& in = a.in;
   const Params& p = a.p;
-  const int64_t g = program % a.groups, s = program / a.groups;  // every group's split 0 first
-  const int64_t i0 = g * a.per_group;
+  const int32_t groups = static_cast<int32_t>(a.groups);  // <= the launcher's target: 32-bit
+  const int32_t g = program % groups, s = program / groups;  // every group's split 0 first
+  const int64_t i0 = int64_t{g} * a.per_group;
   const int64_t i1 = i0 + a.per_group < in.bs ? i0 + a.per_group : in.bs;
   int64_t next_row = 0;
-  if constexpr (M == Mode::draft_extend) next_row = rows_before(a, i0);
   for (int64_t i = i0; i < i1; ++i) {
+    // the loads first, in flight together: the chain to the copy is two loads deep
+    const int64_t q = load_index(in.req_pool_indices, i);
+    const int32_t lens = wrap32(load_index(in.seq_lens, i));
     Rows<M> rows{M == Mode::decode ? i : i * p.next_n, rows_of<M>(in, p.next_n, i)};
     if constexpr (M == Mode::draft_extend) {
+      if (i == i0) next_row = rows_before(a, i0);  // (the whole block, once)
       rows.r0 = next_row;
       next_row += rows.n;
       if (rows.r0 >= a.rows) return;
       if (rows.n > a.rows - rows.r0) rows.n = a.rows - rows.r0;
     }
     if (rows.count() <= 0) continue;
-    const int64_t q = load_index(in.req_pool_indices, i);
     const int32_t* src = (q >= 0 && q < in.pool_rows) ? in.req_to_token + q * in.row_stride : nullptr;
-    const int32_t L = cache_seqlen<M>(wrap32(load_index(in.seq_lens, i)), p.next_n);
-    copy_request<kTables>(a, src, rows, static_cast<int32_t>(live_cols(p.live, L, p.max_len)),
-                          static_cast<int32_t>(s));
+    const int32_t n_cols = static_cast<int32_t>(live_cols(p.live, cache_seqlen<M>(lens, p.next_n), p.max_len));
+    copy_request<kTables>(a, src, rows, n_cols, s);
   }
 }
 
@@ -413,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   if (blockIdx.x == 0) {
     meta_block<M>(a);
   } else {
-    page_program<M, kTables>(a, int64_t{blockIdx.x} - 1);
+    page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
   }
 }
 
