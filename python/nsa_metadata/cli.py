@@ -10,9 +10,13 @@ import time
 
 import numpy as np
 
-from . import __version__, _api, reference
+import nsa_metadata as nm
+
+from . import __version__, reference
 
 MODES = ("decode", "target_verify", "draft_extend")
+FIELDS = ("cache_seqlens", "cu_seqlens_k", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
+          "page_table_1", "real_page_table", "seqlens_expanded")  # SPEC's outputs, in order
 DEMO_MAX_ELEMENTS = 1 << 26  # the largest table: 256 MiB of int32
 
 
@@ -106,13 +110,13 @@ def demo(args):
         want = _call(reference, mode, host, args, total)()
         ref_ms = (time.perf_counter() - t0) * 1e3
         print(f"\n{mode}: {want.nsa_cache_seqlens.shape[0]} rows; the reference took {ref_ms:.1f} ms")
-        fields = [f for f in _api.FIELDS if getattr(want, f) is not None]
+        fields = [f for f in FIELDS if getattr(want, f) is not None]
         if lib is None:
             print(_table(["output", "shape", "reference"],
                          [[f, "x".join(map(str, getattr(want, f).shape)), _first(getattr(want, f))]
                           for f in fields]))
             continue
-        call = _call(_api, mode, dev, args, total)
+        call = _call(nm, mode, dev, args, total)
         got = call()
         sync()
         table = []
