@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._core import BadKind
+
 MODES = ("decode", "target_verify", "draft_extend")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-# Error kinds of check=True, in the order they win when one request has several.
-# The first bad element is the one with the smallest (request index, kind).
-# BAD_EXTEND: an extend length that is negative or outside int32.
-POOL_INDEX, NEGATIVE_LEN, BAD_EXTEND, OVERFLOW, TOTAL = range(5)
+# check=True's error kinds (kernels/launch.h, exported by the extension), in the order they win
+# when one request has several: the first bad element is the one with the smallest
+# (request index, kind). bad_extend: an extend length that is negative or outside int32.
 
 
 def int32(x):
@@ -67,29 +68,29 @@ def first_error(mode, seq_lens, req_pool_indices, extend_lens, pool_rows, topk, 
     q = np.asarray(req_pool_indices, np.int64)
     bs = raw.shape[0]
     cache, _, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
-    bad = np.zeros((bs, 5), bool)
-    bad[:, POOL_INDEX] = (q < 0) | (q >= pool_rows)
-    bad[:, NEGATIVE_LEN] = raw < 0
+    bad = np.zeros((bs, len(BadKind)), bool)
+    bad[:, BadKind.bad_pool_index] = (q < 0) | (q >= pool_rows)
+    bad[:, BadKind.negative_length] = raw < 0
     over = (raw > INT32_MAX) | (raw < INT32_MIN)
     if mode == "target_verify":
         over |= int32(raw).astype(np.int64) + next_n > INT32_MAX
     if mode == "draft_extend":
         ext_raw = np.asarray(extend_lens, np.int64)
-        bad[:, BAD_EXTEND] = (ext_raw < 0) | (ext_raw > INT32_MAX)
+        bad[:, BadKind.bad_extend] = (ext_raw < 0) | (ext_raw > INT32_MAX)
     cu = cumsum0(int32(cache))[1:]
     over |= (cu > INT32_MAX) | (cu < INT32_MIN)
     nsa_src = int32(cache) if expanded is None else expanded
     nsa_cu = cumsum0(sparse(nsa_src, topk, kpool))[1:]
     rows_over = (nsa_cu > INT32_MAX) | (nsa_cu < INT32_MIN)
     np.logical_or.at(over, row_req[rows_over], True)
-    bad[:, OVERFLOW] = over
+    bad[:, BadKind.overflow] = over
     hits = np.argwhere(bad)
     if hits.shape[0]:
-        return int(hits[0, 0]), int(hits[0, 1])
+        return int(hits[0, 0]), BadKind(int(hits[0, 1]))
     if mode == "draft_extend":
         ext = np.maximum(int32(extend_lens).astype(np.int64), 0)
         if int(ext.sum()) != total:
-            return bs, TOTAL
+            return bs, BadKind.bad_total
     return None
 
 

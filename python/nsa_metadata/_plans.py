@@ -1,0 +1,114 @@
+"""The bound plan (a `_core.Plan`: one launch bound to validated buffers, each step passing bs,
+max_len, total and the stream) and the cache of the one-shot call's plans.
+
+A one-shot call with `out=` on device arrays looks its plan up by what validation reads of its
+buffers (each array's address, device, strides and dtype, the shape of all but the 1-D inputs
+whose length is the step's bs) and the scalars a plan binds. bs, max_len and total are never
+part of the key: they travel with every launch, checked against the plan's capacities, exactly
+as a prepared step. A key that matches denotes the very same memory and settings, so the plan is
+what a fresh validation would bind; a step it cannot take is validated afresh by the caller.
+The cache keeps no array alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import operator
+import threading
+from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
+
+from . import _arrays, _core
+from ._arrays import Arr
+from ._metadata import FIELDS, Metadata
+from ._validate import Dests
+
+Entry = Tuple[_core.Plan, Callable[[], int]]  # the plan, and its device's current-stream lookup
+
+_fields = operator.attrgetter(*FIELDS)
+
+
+def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, topk: int,
+         kpool: int, page_size: int, next_n: int, live: bool, status: int = 0) -> _core.Plan:
+    """A `_core.Plan` over validated arrays (host arrays: one that only checks steps)."""
+    def index(a: Optional[Arr]) -> _core.IndexArray:
+        if a is None:
+            return _core.IndexArray()
+        return _core.IndexArray(data=a.ptr, stride=a.strides[0], is64=a.dtype == "int64")
+
+    def dest(d: dict) -> _core.Dest:
+        at = {f: d[f].ptr for f in FIELDS if f in d}
+        rows = {f"{f}_stride": d[f].strides[0] for f in ("page_table_1", "real_page_table") if f in d}
+        return _core.Dest(**at, **rows)
+
+    table = arrs[2]
+    inputs = _core.Inputs(seq_lens=index(arrs[0]), req_pool_indices=index(arrs[1]),
+                          extend_lens=index(arrs[3] if mode == "draft_extend" else None),
+                          req_to_token=table.ptr, pool_rows=table.shape[0],
+                          table_width=table.shape[1], row_stride=table.strides[0])
+    device = arrs[0].device
+    return _core.Plan(mode=_core.Mode.__members__[mode], inputs=inputs,
+                      dests=[dest(d) for d in dests], capacity=cap, topk=topk, kpool=kpool,
+                      page_size=page_size, next_n=next_n, live=live, status=status,
+                      device=-1 if device is None else device)
+
+
+def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
+              extend_lens: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, live: Any,
+              out: Any) -> Optional[Hashable]:
+    """The key of a one-shot call's plan, or None when the call cannot have one (host arrays,
+    an argument of an unusual type: those are validated every time)."""
+    if not (type(topk) is int and type(kpool) is int and type(page_size) is int
+            and type(next_n) is int and (live is True or live is False)):
+        return None
+    many = type(out) is list or type(out) is tuple
+    mds = out if many else (out,)
+    layout: List[bool] = []
+    arrays = [req_to_token]
+    for md in mds:
+        if type(md) is not Metadata:
+            return None
+        xs = _fields(md)
+        arrays += [x for x in xs if x is not None]
+        layout += [x is None for x in xs]
+        layout.append(md.real_page_table is md.page_table_1)
+    index = ((seq_lens, req_pool_indices) if extend_lens is None else
+             (seq_lens, req_pool_indices, extend_lens))
+    keys = _arrays.cache_keys(index, arrays)
+    if keys is None:
+        return None
+    return (mode, topk, kpool, page_size, next_n, live, many, tuple(layout), keys)
+
+
+class PlanCache:
+    """A least-recently-used map from cache keys to entries, safe to share between threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: "collections.OrderedDict[Hashable, Entry]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Optional[Entry]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: Hashable, entry: Entry) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PLANS = PlanCache(64)
+atexit.register(PLANS.clear)  # release the plans before the extension is torn down
