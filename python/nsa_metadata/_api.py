@@ -78,8 +78,10 @@ def _allocate(c: _validate.Call, stream: Optional[int]) -> Metadata:
     want = _validate.shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size)
     md = Metadata(**{f: None if s is None else _arrays.empty(c.lib, c.device, s, stream)
                      for f, s in want.items() if f != "real_page_table"})
+    real = want["real_page_table"]
+    assert real is not None
     md.real_page_table = (md.page_table_1 if c.page_size == 1 else
-                          _arrays.empty(c.lib, c.device, want["real_page_table"], stream))
+                          _arrays.empty(c.lib, c.device, real, stream))
     return md
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def _cupy() -> Any:
     return sys.modules["cupy"]
 
 
-_TORCH_DTYPES: dict = {}
+_TORCH_DTYPES: Dict[Any, str] = {}
 
 
 def describe(x: Any, name: str, output: bool = False) -> Arr:
@@ -162,7 +162,9 @@ def _allocating_on(lib: str, device: int, stream: Optional[int]) -> ContextManag
         torch = _torch()
         if stream is None or stream == current_stream(lib, device):
             return contextlib.nullcontext()
-        return torch.cuda.stream(torch.cuda.ExternalStream(stream, device=torch.device("cuda", device)))
+        context: ContextManager[Any] = torch.cuda.stream(
+            torch.cuda.ExternalStream(stream, device=torch.device("cuda", device)))
+        return context
     cupy = _cupy()
     stack = contextlib.ExitStack()
     stack.enter_context(cupy.cuda.Device(device))
@@ -240,7 +242,7 @@ def stream_handle(stream: Stream) -> int:
     raise TypeError(f"stream must be an integer handle or a torch/CuPy stream, not {type(stream).__name__}")
 
 
-def to_list(a: Arr) -> list:
+def to_list(a: Arr) -> List[int]:
     """The elements of a 1-D array as Python ints, in one transfer (error paths only)."""
     return a.obj.tolist()  # type: ignore[no-any-return]
 

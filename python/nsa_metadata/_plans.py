@@ -16,7 +16,7 @@ import atexit
 import collections
 import operator
 import threading
-from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from . import _arrays, _core
 from ._arrays import Arr
@@ -36,7 +36,7 @@ def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, t
             return _core.IndexArray()
         return _core.IndexArray(data=a.ptr, stride=a.strides[0], is64=a.dtype == "int64")
 
-    def dest(d: dict) -> _core.Dest:
+    def dest(d: Dict[str, Arr]) -> _core.Dest:
         at = {f: d[f].ptr for f in FIELDS if f in d}
         rows = {f"{f}_stride": d[f].strides[0] for f in ("page_table_1", "real_page_table") if f in d}
         return _core.Dest(**at, **rows)

@@ -9,7 +9,7 @@ are the extents for which that validation holds, and its launches check each ste
 from __future__ import annotations
 
 import operator
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from .reference import INT32_MAX
 
 INDEX_DTYPES = ("int32", "int64")
 UNBOUNDED = 2**62
-Shapes = Dict[str, Optional[Tuple[Optional[int], ...]]]
+Regions = Dict[str, Optional[Tuple[int, ...]]]  # the region of each output (None: not one)
+Shapes = Mapping[str, Optional[Tuple[Optional[int], ...]]]  # the same, None entries: any size
 Span = Tuple[str, Optional[Tuple[int, int]], bool]
 Dests = List[Dict[str, Arr]]
 
@@ -127,7 +128,7 @@ def output(name: str, x: Any, shape: Tuple[Optional[int], ...],
     return a, a.resized(region).span()
 
 
-def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size: int) -> Shapes:
+def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size: int) -> Regions:
     """The region each output must hold (None: the field is not an output of this mode), from
     the one function the binding and the launcher size with."""
     s = _core.shape_of(_core.Mode.__members__[mode], bs, next_n, total, max_len, page_size)
@@ -277,13 +278,13 @@ def one_shot(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
     else:
         total = 0
     want = shapes(mode, bs, next_n, total, max_len, page_size)
-    rows = want["nsa_cache_seqlens"][0]  # type: ignore[index]
+    rows = bs * next_n if mode == "target_verify" else total if mode == "draft_extend" else bs
     outs = dests = None
     if out is not None:
         outs, dests, spans = destinations(out, want, device, page_size)
         check_disjoint(spans + input_spans(arrs))
     return Call(mode, arrs, outs, dests, bs, rows, max_len, total, topk, kpool, page_size,
-                next_n, live, check, handle)  # type: ignore[arg-type]
+                next_n, live, check, handle)
 
 
 def check_total(total: int, arrs: Sequence[Arr]) -> None:
