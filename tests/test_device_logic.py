@@ -260,7 +260,7 @@ def test_cached_plan_does_not_hide_a_device_change(rec, mode):
                         for f, x in vars_of(out_for(mode, inputs(mode))).items()})
     total = rows_of(mode, inputs(mode))
     call(nm, mode, inp, total, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
-    md.page_table_1.device = 0
+    md.page_table_1 = FakeTensor(md.page_table_1.a, 0)  # the same address, now on cuda:0
     with pytest.raises(ValueError, match=r"out\.page_table_1 is on cuda:0"):
         call(nm, mode, inp, total, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
     assert len(rec.launches) == 1

@@ -131,14 +131,22 @@ def test_the_device_is_part_of_the_key(rec, mode):
     freed address reused on another GPU must not hit the plan bound on the first)."""
     dev, md = buffers(mode, device=1)
     step(mode, dev, md, CAP, W)
-    for x in list(dev.values()) + [getattr(md, f) for f in nm.Metadata.__slots__]:
-        if x is not None:
-            x.device = 0
+    # the same memory seen on cuda:0: what a freed address reused there looks like
+    dev = {k: FakeTensor(x.a, 0) for k, x in dev.items()}
+    md = nm.Metadata(**{f: None if getattr(md, f) is None else FakeTensor(getattr(md, f).a, 0)
+                        for f in nm.Metadata.__slots__})
     step(mode, dev, md, CAP, W)
     assert [p.device for p in rec.plans] == [1, 0]
-    dev["seq_lens"].device = 1  # one input left behind is an error, not a hit of either plan
-    with pytest.raises(ValueError, match="req_pool_indices is on cuda:0 but seq_lens is on cuda:1"):
-        step(mode, dev, md, CAP, W)
+    for name in ("seq_lens", "page_table_1"):  # one array left behind is an error, not a hit
+        dev1, md1 = dict(dev), nm.Metadata(**{f: getattr(md, f) for f in nm.Metadata.__slots__})
+        if name == "seq_lens":
+            dev1["seq_lens"] = FakeTensor(dev["seq_lens"].a, 1)
+            msg = "req_pool_indices is on cuda:0 but seq_lens is on cuda:1"
+        else:
+            md1.page_table_1 = FakeTensor(md.page_table_1.a, 1)
+            msg = "out.page_table_1 is on cuda:1 but the inputs are on cuda:0"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            step(mode, dev1, md1, CAP, W)
     assert len(rec.launches) == 2
 
 
@@ -181,3 +189,19 @@ def test_eviction_from_many_threads(rec):
     assert errors == []
     assert len(rec.launches) == 8 * 150
     assert len(_plans.PLANS) <= _plans.PLANS.capacity
+
+
+def test_an_output_changed_in_place_is_validated_again(rec):
+    """Outputs keep their key between calls (tests/fakes.py: the same FakeTensor objects); one
+    resized or moved in place (torch's resize_, set_) is read again and validated."""
+    dev, md = buffers("decode")
+    step("decode", dev, md, CAP, W)
+    md.cache_seqlens.a = np.zeros(CAP - 1, np.int32)  # resized in place
+    with pytest.raises(ValueError, match=re.escape(f"out.cache_seqlens has shape ({CAP - 1},)")):
+        step("decode", dev, md, CAP, W)
+    step("decode", dev, md, CAP - 1, W)
+    md.page_table_1.a = np.zeros((CAP, W), np.int32)  # another buffer of the same shape
+    step("decode", dev, md, CAP - 1, W - 1)
+    assert len(rec.plans) == 3
+    ptrs = [d.page_table_1 for d in rec.plans[-1].kw["dests"]]
+    assert ptrs == [md.page_table_1.data_ptr()]

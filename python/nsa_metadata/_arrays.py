@@ -115,34 +115,54 @@ def describe(x: Any, name: str, output: bool = False) -> Arr:
     raise TypeError(f"{name} must be a NumPy, torch, CuPy or DLPack array, not {type(x).__name__}")
 
 
-def cache_keys(index: Sequence[Any], arrays: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
-    """What validation reads of each array, cheaply, when every one is a torch (or every one a
-    CuPy) array: (address, device, strides, dtype) of the 1-D `index` arrays, whose length is a
-    step's bs, and (address, device, shape, strides, dtype) of the others. None otherwise."""
-    t = type(index[0])
+def keyed_type(x: Any) -> Optional[Tuple[Any, bool]]:
+    """(torch.Tensor, True) or (cupy.ndarray, False) when x is exactly one: the arrays whose
+    one-shot plans are cached (see _plans.cache_key); None for any other x."""
+    t = type(x)
     torch = sys.modules.get("torch")
     if torch is not None and t is torch.Tensor:
-        for a in index:
-            if type(a) is not t:
-                return None
-        for a in arrays:
-            if type(a) is not t:
-                return None
-        return (tuple([(a.data_ptr(), a.get_device(), a.stride(), a.dtype) for a in index]),
-                tuple([(a.data_ptr(), a.get_device(), a.shape, a.stride(), a.dtype)
-                       for a in arrays]))
+        return t, True
     cupy = sys.modules.get("cupy")
     if cupy is not None and t is cupy.ndarray:
-        for a in index:
-            if type(a) is not t:
-                return None
-        for a in arrays:
-            if type(a) is not t:
-                return None
-        return (tuple([(a.data.ptr, a.device.id, a.strides, a.dtype.char) for a in index]),
-                tuple([(a.data.ptr, a.device.id, a.shape, a.strides, a.dtype.char)
-                       for a in arrays]))
+        return t, False
     return None
+
+
+def input_keys(t: Any, is_torch: bool, index: Sequence[Any], table: Any) -> Optional[Tuple[Any, ...]]:
+    """What validation reads of the inputs, all of exact type `t`: (address, device, strides,
+    dtype) of the 1-D `index` arrays, whose length is a step's bs, then (address, device, shape,
+    strides, dtype) of `table`. None when one is of another type."""
+    if type(table) is not t:
+        return None
+    for a in index:
+        if type(a) is not t:
+            return None
+    if is_torch:
+        return (*[(a.data_ptr(), a.get_device(), a.stride(), a.dtype) for a in index],
+                (table.data_ptr(), table.get_device(), table.shape, table.stride(), table.dtype))
+    return (*[(a.data.ptr, a.device.id, a.strides, a.dtype.char) for a in index],
+            (table.data.ptr, table.device.id, table.shape, table.strides, table.dtype.char))
+
+
+def output_keys(t: Any, is_torch: bool, arrays: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
+    """(address, device, shape, strides, dtype) of each array of exact type `t` (None stays
+    None); None when one is of another type."""
+    for a in arrays:
+        if type(a) is not t and a is not None:
+            return None
+    if is_torch:
+        return tuple([None if a is None else
+                      (a.data_ptr(), a.get_device(), a.shape, a.stride(), a.dtype) for a in arrays])
+    return tuple([None if a is None else (a.data.ptr, a.device.id, a.shape, a.strides, a.dtype.char)
+                  for a in arrays])
+
+
+def quick_keys(is_torch: bool, arrays: Sequence[Any]) -> List[Any]:
+    """(address, shape) of each array (None stays None): what an array object changes when
+    resized or moved in place (see _plans.cache_key)."""
+    if is_torch:
+        return [None if a is None else (a.data_ptr(), a.shape) for a in arrays]
+    return [None if a is None else (a.data.ptr, a.shape) for a in arrays]
 
 
 def writeable(a: Arr) -> bool:

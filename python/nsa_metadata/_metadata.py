@@ -9,7 +9,11 @@ FIELDS = ("cache_seqlens", "cu_seqlens_k", "nsa_cache_seqlens", "nsa_cu_seqlens_
 TABLES = ("page_table_1", "real_page_table")
 
 
-class Metadata:
+class _Memo:
+    __slots__ = ("_memo",)  # what the plan cache last read of the fields (_plans.cache_key)
+
+
+class Metadata(_Memo):
     """The outputs of one call, or one set of output buffers passed as ``out=``.
 
     Every field is an int32 array of the inputs' array library (NumPy, torch or CuPy) on their
@@ -56,6 +60,7 @@ class Metadata:
         self.nsa_cache_seqlens, self.nsa_cu_seqlens_k = nsa_cache_seqlens, nsa_cu_seqlens_k
         self.page_table_1, self.real_page_table = page_table_1, real_page_table
         self.seqlens_expanded = seqlens_expanded
+        self._memo: Any = None
 
     def __repr__(self) -> str:
         parts = [f"{f}={'None' if getattr(self, f) is None else tuple(getattr(self, f).shape)}"

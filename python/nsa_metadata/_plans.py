@@ -13,7 +13,7 @@ The cache keeps no array alive.
 from __future__ import annotations
 
 import atexit
-import collections
+import itertools
 import operator
 import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
@@ -57,50 +57,70 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
               extend_lens: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, live: Any,
               out: Any) -> Optional[Hashable]:
     """The key of a one-shot call's plan, or None when the call cannot have one (host arrays,
-    an argument of an unusual type: those are validated every time)."""
+    an argument of an unusual type: those are validated every time).
+
+    Output buffers are persistent, so each Metadata keeps the full key of its fields (`_memo`)
+    with the field objects; a call re-reads only their identity, address and shape (torch's
+    stride() and get_device() cost more than the rest of a cached call). An array changed in
+    place so that it keeps both its address and shape but not its strides (as_strided_, set_,
+    transposing a square table in place) is not seen: assign it to its field again.
+    """
     if not (type(topk) is int and type(kpool) is int and type(page_size) is int
             and type(next_n) is int and (live is True or live is False)):
         return None
+    keyed = _arrays.keyed_type(seq_lens)
+    if keyed is None:
+        return None
+    t, is_torch = keyed
+    inputs = _arrays.input_keys(t, is_torch, (seq_lens, req_pool_indices) if extend_lens is None
+                                else (seq_lens, req_pool_indices, extend_lens), req_to_token)
+    if inputs is None:
+        return None
     many = type(out) is list or type(out) is tuple
-    mds = out if many else (out,)
-    layout: List[bool] = []
-    arrays = [req_to_token]
-    for md in mds:
+    outs = []
+    for md in out if many else (out,):
         if type(md) is not Metadata:
             return None
         xs = _fields(md)
-        arrays += [x for x in xs if x is not None]
-        layout += [x is None for x in xs]
-        layout.append(md.real_page_table is md.page_table_1)
-    index = ((seq_lens, req_pool_indices) if extend_lens is None else
-             (seq_lens, req_pool_indices, extend_lens))
-    keys = _arrays.cache_keys(index, arrays)
-    if keys is None:
-        return None
-    return (mode, topk, kpool, page_size, next_n, live, many, tuple(layout), keys)
+        memo = md._memo
+        if (memo is None or memo[0] is not t or not all(map(operator.is_, xs, memo[1]))
+                or _arrays.quick_keys(is_torch, xs) != memo[2]):
+            keys = _arrays.output_keys(t, is_torch, xs)
+            if keys is None:
+                return None
+            memo = md._memo = (t, xs, _arrays.quick_keys(is_torch, xs), keys)
+        outs.append(memo[3])
+        outs.append(md.real_page_table is md.page_table_1)
+    return (mode, topk, kpool, page_size, next_n, live, many, inputs, tuple(outs))
 
 
 class PlanCache:
-    """A least-recently-used map from cache keys to entries, safe to share between threads."""
+    """A least-recently-used map from cache keys to entries, safe to share between threads.
+
+    Changes (put, clear, eviction) hold the lock; a lookup is one dict read and stamps the entry
+    with a use count, so a hit costs one hash of its key. Eviction drops the entry with the
+    oldest stamp (at most `capacity` entries: a scan on a miss, never on a hit).
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: "collections.OrderedDict[Hashable, Entry]" = collections.OrderedDict()
+        self._entries: Dict[Hashable, List[Any]] = {}  # key -> [plan, current stream, last use]
+        self._uses = itertools.count()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Optional[Entry]:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
+        slot = self._entries.get(key)
+        if slot is None:
+            return None
+        slot[2] = next(self._uses)
+        return slot[0], slot[1]
 
     def put(self, key: Hashable, entry: Entry) -> None:
         with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
+            self._entries[key] = [entry[0], entry[1], next(self._uses)]
             while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                oldest = min(self._entries, key=lambda k: self._entries[k][2])
+                del self._entries[oldest]
 
     def clear(self) -> None:
         with self._lock:
