@@ -1,76 +1,68 @@
-// nanobind module: plain integers (device pointers, strides, capacities) -> nsa:: structs ->
-// nsa::launch. No framework names here: python/nsa_metadata/_arrays.py reads the pointers and
-// strides off the caller's arrays, and _api.py validates them, once per call or once per Plan.
+// nanobind module: the typed contract between Python and nsa::launch. Python builds launch.h's
+// structs by field name (device addresses as integers) once, when it binds a Plan; each step then
+// passes four integers (bs, max_len, total, stream), checked against the bound capacities with
+// nsa::shape_of, the function the launcher sizes its grid with. No framework names here:
+// python/nsa_metadata/_arrays.py reads addresses and strides off the caller's arrays and
+// _validate.py checks them.
 //
-// Why integers and not nb::ndarray: importing one torch tensor through DLPack costs ~6.6 us
-// (H100, nanobind 3.1, torch 2.11); a call passes 9 to 11 arrays per destination set, which
-// would cost more than the launch itself.
+// Why addresses and not nb::ndarray: importing one torch tensor through DLPack costs ~6.6 us
+// (H100, nanobind 3.1, torch 2.11); a bind passes 9 to 11 arrays per destination set, and a
+// one-shot call that has to bind again would pay that on every miss.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <nanobind/nanobind.h>
-#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include "../kernels/launch.h"
 
 namespace nb = nanobind;
+using namespace nb::literals;
 
 namespace {
-
-using IndexDesc = std::tuple<uintptr_t, int64_t, bool>;      // pointer, element stride, int64?
-using TableDesc = std::tuple<uintptr_t, int64_t, int64_t, int64_t>;  // pointer, P, W, row stride
-// cache, cu, nsa, nsa_cu, expanded, page_table_1, its row stride, real table, its row stride
-using DestDesc = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t,
-                            uintptr_t, int64_t>;
 
 template <class T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-nsa::IndexArray index_array(const IndexDesc& d) {
-  return {ptr<const void>(std::get<0>(d)), std::get<1>(d), std::get<2>(d)};
+uintptr_t addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
+// The most a plan's buffers hold: requests, rows, page_table_1 columns, real-table columns.
+struct Capacity {
+  int64_t bs = 0, rows = 0, width = 0, real_width = 0;
+};
+
+std::string outside(const char* name, int64_t value, int64_t hi) {
+  return std::string(name) + " = " + std::to_string(value) + " is outside [0, " + std::to_string(hi) + "]";
 }
 
-// A launch bound to its buffers. Built once (the buffers validated by _api), then called each
-// step with the live batch size, max_len, total and stream, checked against the capacities.
+// A launch bound to validated buffers (see python/nsa_metadata/_plans.py). Immutable once built:
+// a step works on a copy of the bound structs, so threads may share a plan and the GIL is
+// released around the launch. device -1: bound to host buffers; it checks steps, never launches.
 class Plan {
  public:
-  Plan(int mode, const IndexDesc& seq_lens, const IndexDesc& req_pool_indices,
-       const IndexDesc& extend_lens, const TableDesc& req_to_token, const std::vector<DestDesc>& dests,
-       int64_t bs_capacity, int64_t rows_capacity, int64_t width_capacity, int64_t real_width_capacity,
-       int32_t topk, int32_t kpool, int32_t page_size, int32_t next_n, bool live, uintptr_t status,
-       int device)
-      : bs_capacity_(bs_capacity), rows_capacity_(rows_capacity), width_capacity_(width_capacity),
-        real_width_capacity_(real_width_capacity), device_(device) {
-    if (mode < 0 || mode > 2) throw nb::value_error("mode must be 0, 1 or 2");
+  Plan(nsa::Mode mode, const nsa::Inputs& inputs, const std::vector<nsa::Dest>& dests, const Capacity& capacity,
+       int32_t topk, int32_t kpool, int32_t page_size, int32_t next_n, bool live, uintptr_t status, int device)
+      : in_(inputs), cap_(capacity), device_(device) {
     if (dests.empty() || dests.size() > static_cast<size_t>(nsa::kMaxDests))
-      throw nb::value_error("out must hold 1 to 16 destination sets");
-    p_.mode = static_cast<nsa::Mode>(mode);
-    in_.seq_lens = index_array(seq_lens);
-    in_.req_pool_indices = index_array(req_pool_indices);
-    in_.extend_lens = index_array(extend_lens);
-    in_.req_to_token = ptr<const int32_t>(std::get<0>(req_to_token));
-    in_.pool_rows = std::get<1>(req_to_token);
-    table_width_ = std::get<2>(req_to_token);
-    in_.table_width = table_width_;
-    in_.row_stride = std::get<3>(req_to_token);
+      throw nb::value_error("dests must hold 1 to 16 destination sets");
+    if (topk < 1 || kpool < 1 || page_size < 1 || next_n < 1)
+      throw nb::value_error("topk, kpool, page_size and next_n must be at least 1");
+    if (cap_.bs < 0 || cap_.rows < 0 || cap_.width < 0 || cap_.real_width < 0 ||
+        cap_.bs > std::numeric_limits<int64_t>::max() / next_n)
+      throw nb::value_error("capacities must be non-negative (and bs * next_n an int64)");
+    in_.bs = 0;
     out_.n = static_cast<int>(dests.size());
-    for (int d = 0; d < out_.n; ++d) {
-      const DestDesc& t = dests[d];
-      nsa::Dest& D = out_.dest[d];
-      D.cache_seqlens = ptr<int32_t>(std::get<0>(t));
-      D.cu_seqlens_k = ptr<int32_t>(std::get<1>(t));
-      D.nsa_cache_seqlens = ptr<int32_t>(std::get<2>(t));
-      D.nsa_cu_seqlens_k = ptr<int32_t>(std::get<3>(t));
-      D.seqlens_expanded = ptr<int32_t>(std::get<4>(t));
-      D.page_table_1 = ptr<int32_t>(std::get<5>(t));
-      D.page_table_1_stride = std::get<6>(t);
-      D.real_page_table = ptr<int32_t>(std::get<7>(t));
-      D.real_page_table_stride = std::get<8>(t);
-    }
+    std::copy(dests.begin(), dests.end(), out_.dest);
+    p_.mode = mode;
     p_.topk = topk;
     p_.kpool = kpool;
     p_.page_size = page_size;
@@ -79,38 +71,65 @@ class Plan {
     p_.status = ptr<unsigned long long>(status);
   }
 
-  void launch(int64_t bs, int64_t max_len, int64_t total, uintptr_t stream) {
-    if (bs < 0 || bs > bs_capacity_)
-      throw nb::value_error(("bs = " + std::to_string(bs) + " is outside [0, " +
-                             std::to_string(bs_capacity_) + "], the bound buffers' capacity").c_str());
-    if (max_len < 0 || max_len > table_width_ || max_len > width_capacity_)
-      throw nb::value_error(("max_len = " + std::to_string(max_len) + " is outside [0, " +
-                             std::to_string(std::min(table_width_, width_capacity_)) + "]").c_str());
-    if ((max_len + p_.page_size - 1) / p_.page_size > real_width_capacity_)
-      throw nb::value_error("max_len needs a wider real_page_table than the bound one");
-    const int64_t rows = p_.mode == nsa::Mode::decode ? bs
-                         : p_.mode == nsa::Mode::target_verify ? bs * p_.next_n : total;
-    if (total < 0 || rows > rows_capacity_)
-      throw nb::value_error(("this step needs " + std::to_string(rows) + " rows; the bound buffers hold " +
-                             std::to_string(rows_capacity_)).c_str());
-    in_.bs = bs;
-    p_.max_len = max_len;
-    p_.total = total;
+  // Why a step does not fit the bound buffers; empty when it does.
+  std::string misfit(int64_t bs, int64_t max_len, int64_t total) const {
+    if (bs < 0 || bs > cap_.bs) return outside("bs", bs, cap_.bs) + ", the bound buffers' capacity";
+    const int64_t widest = std::min(in_.table_width, cap_.width);
+    if (max_len < 0 || max_len > widest) return outside("max_len", max_len, widest);
+    const bool extend = p_.mode == nsa::Mode::draft_extend;
+    if (extend && (total < 0 || total > cap_.rows))
+      return outside("total", total, cap_.rows) + ", the bound buffers' capacity";
+    const nsa::Shape s = nsa::shape_of(p_.mode, bs, p_.next_n, extend ? total : 0, max_len, p_.page_size);
+    if (s.rows > cap_.rows)
+      return "this step needs " + std::to_string(s.rows) + " rows; the bound buffers hold " +
+             std::to_string(cap_.rows);
+    if (s.real_width > cap_.real_width) return "max_len needs a wider real_page_table than the bound one";
+    return {};
+  }
+
+  void check(int64_t bs, int64_t max_len, int64_t total) const {
+    const std::string why = misfit(bs, max_len, total);
+    if (!why.empty()) throw nb::value_error(why.c_str());
+  }
+
+  void launch(int64_t bs, int64_t max_len, int64_t total, uintptr_t stream) const {
+    check(bs, max_len, total);
+    if (device_ < 0) throw nb::value_error("this plan is bound to host buffers: it checks steps, never launches");
+    nsa::Inputs in = in_;
+    nsa::Params p = p_;
+    in.bs = bs;
+    p.max_len = max_len;
+    p.total = p.mode == nsa::Mode::draft_extend ? total : 0;
     cudaError_t cuda_error = cudaSuccess;
-    const int rc = nsa::launch(in_, out_, p_, device_, reinterpret_cast<cudaStream_t>(stream), &cuda_error);
+    int rc;
+    {
+      nb::gil_scoped_release released;
+      rc = nsa::launch(in, out_, p, device_, reinterpret_cast<cudaStream_t>(stream), &cuda_error);
+    }
     if (rc == nsa::kCudaError)
       throw std::runtime_error(std::string("nsa-metadata: ") + cudaGetErrorString(cuda_error));
     if (rc != nsa::kOk) throw nb::value_error((std::string("nsa-metadata: ") + nsa::status_string(rc)).c_str());
   }
 
+  nsa::Mode mode() const { return p_.mode; }
+  const Capacity& capacity() const { return cap_; }
+  int device() const { return device_; }
+
  private:
   nsa::Inputs in_;
   nsa::Outputs out_;
   nsa::Params p_;
-  int64_t table_width_ = 0;
-  int64_t bs_capacity_, rows_capacity_, width_capacity_, real_width_capacity_;
+  Capacity cap_;
   int device_;
 };
+
+// check=True's status word, as the int64 the caller's array reads back: None when nothing is
+// bad, else (request index, kind).
+std::optional<std::pair<int64_t, nsa::BadKind>> bad_element(int64_t word) {
+  const auto w = static_cast<unsigned long long>(word);
+  if (w == nsa::kStatusOk) return std::nullopt;
+  return std::make_pair(static_cast<int64_t>(w >> 3), static_cast<nsa::BadKind>(w & 7));
+}
 
 void empty_launch(int device, uintptr_t stream) {
   cudaError_t cuda_error = cudaSuccess;
@@ -122,19 +141,119 @@ void empty_launch(int device, uintptr_t stream) {
 
 NB_MODULE(_core, m) {
   m.doc() = "nsa-metadata CUDA kernels (use the nsa_metadata package, not this module)";
-  // A Plan still referenced at interpreter exit (a global Prepared, a test's frame) is not a
-  // leak worth a warning in every user's log.
+  // A Plan still referenced at interpreter exit (a global Prepared, a test's frame) is not a leak
+  // worth a warning in every user's log. This extension has a nanobind domain of its own
+  // (NB_DOMAIN in CMakeLists.txt), so the setting reaches no other nanobind extension.
   nb::set_leak_warnings(false);
-  nb::class_<Plan>(m, "Plan", "A launch bound to validated device buffers (see nsa_metadata._api).")
-      .def(nb::init<int, const IndexDesc&, const IndexDesc&, const IndexDesc&, const TableDesc&,
-                    const std::vector<DestDesc>&, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t,
-                    int32_t, int32_t, bool, uintptr_t, int>(),
-           nb::arg("mode"), nb::arg("seq_lens"), nb::arg("req_pool_indices"), nb::arg("extend_lens"),
-           nb::arg("req_to_token"), nb::arg("dests"), nb::arg("bs_capacity"), nb::arg("rows_capacity"),
-           nb::arg("width_capacity"), nb::arg("real_width_capacity"), nb::arg("topk"), nb::arg("kpool"),
-           nb::arg("page_size"), nb::arg("next_n"), nb::arg("live"), nb::arg("status"), nb::arg("device"))
-      .def("launch", &Plan::launch, nb::arg("bs"), nb::arg("max_len"), nb::arg("total"), nb::arg("stream"),
-           "One kernel launch for this step on `stream`; never synchronises.");
-  m.def("empty_launch", &empty_launch, nb::arg("device"), nb::arg("stream"),
+
+  m.attr("MAX_DESTS") = nsa::kMaxDests;
+  nb::enum_<nsa::Mode>(m, "Mode", "SPEC's modes.")
+      .value("decode", nsa::Mode::decode, "rows = bs")
+      .value("target_verify", nsa::Mode::target_verify, "rows = bs * next_n")
+      .value("draft_extend", nsa::Mode::draft_extend, "rows = total");
+  nb::enum_<nsa::BadKind>(m, "BadKind", nb::is_arithmetic(),
+                          "What check=True found first; request-major, then in this order.")
+      .value("bad_pool_index", nsa::kBadPoolIndex, "req_pool_indices[i] outside [0, P)")
+      .value("negative_length", nsa::kNegativeLength, "seq_lens[i] < 0")
+      .value("bad_extend", nsa::kBadExtend, "extend_lens[i] negative or outside int32")
+      .value("overflow", nsa::kOverflow, "an int32 overflow through request i")
+      .value("bad_total", nsa::kBadTotal, "total != sum(extend_lens) (index bs)");
+
+  nb::class_<nsa::IndexArray>(m, "IndexArray", "A 1-D int32 or int64 device array.")
+      .def("__init__",
+           [](nsa::IndexArray* a, uintptr_t data, int64_t stride, bool is64) {
+             new (a) nsa::IndexArray{ptr<const void>(data), stride, is64};
+           },
+           nb::kw_only(), "data"_a = 0, "stride"_a = 1, "is64"_a = false,
+           "data: address; stride: in elements; is64: int64 elements (else int32).")
+      .def_prop_ro("data", [](const nsa::IndexArray& a) { return addr(a.data); })
+      .def_ro("stride", &nsa::IndexArray::stride)
+      .def_ro("is64", &nsa::IndexArray::is64);
+
+  nb::class_<nsa::Inputs>(m, "Inputs", "The input arrays (bs travels with each step).")
+      .def("__init__",
+           [](nsa::Inputs* in, const nsa::IndexArray& seq_lens, const nsa::IndexArray& req_pool_indices,
+              const nsa::IndexArray& extend_lens, uintptr_t req_to_token, int64_t pool_rows,
+              int64_t table_width, int64_t row_stride) {
+             new (in) nsa::Inputs{seq_lens, req_pool_indices, extend_lens, ptr<const int32_t>(req_to_token),
+                                  pool_rows, table_width, row_stride, 0};
+           },
+           nb::kw_only(), "seq_lens"_a, "req_pool_indices"_a, "extend_lens"_a = nsa::IndexArray{},
+           "req_to_token"_a = 0, "pool_rows"_a = 0, "table_width"_a = 0, "row_stride"_a = 0,
+           "req_to_token: address of the [pool_rows, table_width] int32 table, unit column stride, "
+           "row_stride elements between rows; extend_lens: draft_extend only.")
+      .def_ro("seq_lens", &nsa::Inputs::seq_lens)
+      .def_ro("req_pool_indices", &nsa::Inputs::req_pool_indices)
+      .def_ro("extend_lens", &nsa::Inputs::extend_lens)
+      .def_prop_ro("req_to_token", [](const nsa::Inputs& in) { return addr(in.req_to_token); })
+      .def_ro("pool_rows", &nsa::Inputs::pool_rows)
+      .def_ro("table_width", &nsa::Inputs::table_width)
+      .def_ro("row_stride", &nsa::Inputs::row_stride);
+
+  nb::class_<nsa::Dest>(m, "Dest", "One destination set: int32 addresses (0: not written), row strides in elements.")
+      .def("__init__",
+           [](nsa::Dest* d, uintptr_t cache_seqlens, uintptr_t cu_seqlens_k, uintptr_t nsa_cache_seqlens,
+              uintptr_t nsa_cu_seqlens_k, uintptr_t seqlens_expanded, uintptr_t page_table_1,
+              int64_t page_table_1_stride, uintptr_t real_page_table, int64_t real_page_table_stride) {
+             new (d) nsa::Dest{};
+             d->cache_seqlens = ptr<int32_t>(cache_seqlens);
+             d->cu_seqlens_k = ptr<int32_t>(cu_seqlens_k);
+             d->nsa_cache_seqlens = ptr<int32_t>(nsa_cache_seqlens);
+             d->nsa_cu_seqlens_k = ptr<int32_t>(nsa_cu_seqlens_k);
+             d->seqlens_expanded = ptr<int32_t>(seqlens_expanded);
+             d->page_table_1 = ptr<int32_t>(page_table_1);
+             d->page_table_1_stride = page_table_1_stride;
+             d->real_page_table = ptr<int32_t>(real_page_table);
+             d->real_page_table_stride = real_page_table_stride;
+           },
+           nb::kw_only(), "cache_seqlens"_a = 0, "cu_seqlens_k"_a = 0, "nsa_cache_seqlens"_a = 0,
+           "nsa_cu_seqlens_k"_a = 0, "seqlens_expanded"_a = 0, "page_table_1"_a = 0,
+           "page_table_1_stride"_a = 0, "real_page_table"_a = 0, "real_page_table_stride"_a = 0)
+      .def_prop_ro("cache_seqlens", [](const nsa::Dest& d) { return addr(d.cache_seqlens); })
+      .def_prop_ro("cu_seqlens_k", [](const nsa::Dest& d) { return addr(d.cu_seqlens_k); })
+      .def_prop_ro("nsa_cache_seqlens", [](const nsa::Dest& d) { return addr(d.nsa_cache_seqlens); })
+      .def_prop_ro("nsa_cu_seqlens_k", [](const nsa::Dest& d) { return addr(d.nsa_cu_seqlens_k); })
+      .def_prop_ro("seqlens_expanded", [](const nsa::Dest& d) { return addr(d.seqlens_expanded); })
+      .def_prop_ro("page_table_1", [](const nsa::Dest& d) { return addr(d.page_table_1); })
+      .def_ro("page_table_1_stride", &nsa::Dest::page_table_1_stride)
+      .def_prop_ro("real_page_table", [](const nsa::Dest& d) { return addr(d.real_page_table); })
+      .def_ro("real_page_table_stride", &nsa::Dest::real_page_table_stride);
+
+  nb::class_<Capacity>(m, "Capacity", "The most a plan's buffers hold.")
+      .def("__init__",
+           [](Capacity* c, int64_t bs, int64_t rows, int64_t width, int64_t real_width) {
+             new (c) Capacity{bs, rows, width, real_width};
+           },
+           nb::kw_only(), "bs"_a = 0, "rows"_a = 0, "width"_a = 0, "real_width"_a = 0,
+           "bs: requests; rows: nsa/page rows; width: page_table_1 columns; real_width: real-table columns.")
+      .def_ro("bs", &Capacity::bs)
+      .def_ro("rows", &Capacity::rows)
+      .def_ro("width", &Capacity::width)
+      .def_ro("real_width", &Capacity::real_width);
+
+  nb::class_<nsa::Shape>(m, "Shape", "The regions one step writes: rows, page_table_1 and real-table widths.")
+      .def_ro("rows", &nsa::Shape::rows)
+      .def_ro("width", &nsa::Shape::width)
+      .def_ro("real_width", &nsa::Shape::real_width);
+  m.def("shape_of", &nsa::shape_of, "mode"_a, "bs"_a, "next_n"_a, "total"_a, "max_len"_a, "page_size"_a,
+        "The regions one step writes (kernels/launch.h; the launcher sizes its grid with it).");
+
+  nb::class_<Plan>(m, "Plan", "A launch bound to validated buffers; each step passes bs, max_len, total, stream.")
+      .def(nb::init<nsa::Mode, const nsa::Inputs&, const std::vector<nsa::Dest>&, const Capacity&, int32_t,
+                    int32_t, int32_t, int32_t, bool, uintptr_t, int>(),
+           nb::kw_only(), "mode"_a, "inputs"_a, "dests"_a, "capacity"_a, "topk"_a, "kpool"_a, "page_size"_a,
+           "next_n"_a, "live"_a, "status"_a, "device"_a,
+           "status: address of check=True's status word (0: none); device: -1 for host buffers.")
+      .def("check", &Plan::check, "bs"_a, "max_len"_a, "total"_a,
+           "Raise ValueError naming what of this step exceeds the bound buffers.")
+      .def("launch", &Plan::launch, "bs"_a, "max_len"_a, "total"_a, "stream"_a,
+           "check(), then one kernel launch for this step on `stream`; never synchronises.")
+      .def_prop_ro("mode", &Plan::mode)
+      .def_prop_ro("capacity", &Plan::capacity)
+      .def_prop_ro("device", &Plan::device);
+
+  m.def("bad_element", &bad_element, "status"_a,
+        "Decode check=True's status word: None, or (request index, BadKind).");
+  m.def("empty_launch", &empty_launch, "device"_a, "stream"_a,
         "Launch an empty kernel (the benchmark's host-cost floor).");
 }

@@ -1,103 +1,37 @@
 """Device and stream selection, checked on the host (no GPU, no torch or CuPy needed).
 
-The arrays are NumPy arrays that `_arrays.describe` is patched to present as torch arrays on
-cuda:1 (or on the device a test assigns to one of them). `_arrays.empty`, `empty_status` and
-the current-stream lookups are patched to record what they are asked for, and a fake
-`nsa_metadata._core` records the Plan the API builds and every launch. So these tests see which
-device the plan is built for and which stream each launch goes to, exactly as the real path
-would pass them, without a device.
+The arrays are NumPy arrays that the fake device layer of tests/fakes.py presents as torch
+arrays on cuda:1 (or on the device a test assigns to one of them). It records what the API asks
+for (allocations, status words, current streams) and every Plan built and launched. So these
+tests see which device the plan is bound to and which stream each launch goes to, exactly as the
+real path would pass them, without a device.
 """
-
-import sys
-import types
 
 import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from nsa_metadata import _api, _arrays, reference
+from nsa_metadata import _arrays, _core, _plans
+import fakes
+from fakes import SENTINEL, FakeTensor
 from helpers import POISON, call, random_inputs, rows_of
 
 MODES = ["decode", "target_verify", "draft_extend"]
-SENTINEL = 0xABC  # the handle the fake current-stream lookup returns
 MAX_LEN, PAGE, TOPK = 40, 16, 30
-
-
-class Recorder:
-    """Everything the API asks of the (fake) device layer, in order."""
-
-    def __init__(self):
-        self.plans = []      # (mode_code, device, status, args) of every Plan built
-        self.launches = []   # (bs, max_len, total, stream) of every launch
-        self.streams = []    # devices whose current stream was asked for
-        self.empty = []      # (lib, device, shape) of every allocation
-        self.status = []     # (lib, device) of every status allocation
-        self.syncs = []      # (lib, device, stream) of every host wait (check=True)
-        self.devices = {}    # id(array) -> the device describe() reports (default 1)
+KIND = _core.BadKind
 
 
 @pytest.fixture(autouse=True)
 def clear_plans():
-    """The API caches validated plans of calls with out=; no test may see another's."""
-    _api._PLANS.clear()
+    """The API caches the plans of calls with out=; no test may see another's."""
+    _plans.PLANS.clear()
     yield
-    _api._PLANS.clear()
+    _plans.PLANS.clear()
 
 
 @pytest.fixture
 def rec(monkeypatch):
-    """Patch the device layer; return the Recorder."""
-    r = Recorder()
-    real_describe = _arrays.describe
-
-    def describe(x, name):
-        a = real_describe(x, name)
-        assert a.lib == "numpy", "these tests pass NumPy arrays only"
-        return _arrays.Arr(a.obj, "torch", r.devices.get(id(x), 1), a.dtype, a.shape, a.strides,
-                           a.ptr, a.itemsize)
-
-    def empty(lib, device, shape):
-        r.empty.append((lib, device, tuple(shape)))
-        return np.full(shape, POISON, np.int32)
-
-    def empty_status(lib, device):
-        r.status.append((lib, device))
-        return np.full(1, -1, np.int64)  # the kernel's "no bad element"
-
-    def synchronize(lib, device, stream):
-        r.syncs.append((lib, device, stream))
-
-    def current_stream_getter(lib, device):
-        assert lib == "torch"
-
-        def get():
-            r.streams.append(device)
-            return SENTINEL
-
-        return get
-
-    def current_stream(lib, device):
-        return current_stream_getter(lib, device)()
-
-    class Plan:
-        def __init__(self, mode, *args):
-            assert len(args) == 16, "Plan takes 17 arguments (bindings/module.cpp)"
-            r.plans.append((mode, args[-1], args[-2], args))
-
-        def launch(self, bs, max_len, total, stream):
-            r.launches.append((bs, max_len, total, stream))
-
-    core = types.ModuleType("nsa_metadata._core")
-    core.Plan = Plan
-    monkeypatch.setitem(sys.modules, "nsa_metadata._core", core)
-    monkeypatch.setattr(nm, "_core", core, raising=False)
-    monkeypatch.setattr(_arrays, "describe", describe)
-    monkeypatch.setattr(_arrays, "empty", empty)
-    monkeypatch.setattr(_arrays, "empty_status", empty_status)
-    monkeypatch.setattr(_arrays, "synchronize", synchronize)
-    monkeypatch.setattr(_arrays, "current_stream_getter", current_stream_getter)
-    monkeypatch.setattr(_arrays, "current_stream", current_stream)
-    return r
+    return fakes.install(monkeypatch)
 
 
 def inputs(mode, bs=9, seed=0):
@@ -112,6 +46,10 @@ def out_for(mode, inp):
                        full(rows, -(-MAX_LEN // PAGE)), None if mode == "decode" else full(rows))
 
 
+def vars_of(md):
+    return {f: getattr(md, f) for f in nm.Metadata.__slots__}
+
+
 def untouched(md):
     return all(getattr(md, f) is None or (getattr(md, f) == POISON).all() for f in nm.Metadata.__slots__)
 
@@ -122,15 +60,16 @@ def untouched(md):
 def test_plan_and_stream_of_the_arrays_device(rec, mode):
     inp = inputs(mode)
     md = call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK)
-    assert len(rec.plans) == 1 and rec.plans[0][0] == _api.MODE_CODES[mode]
-    assert rec.plans[0][1] == 1, "the plan must be built for the arrays' device"
-    assert rec.plans[0][2] == 0, "no status word without check=True"
+    assert len(rec.plans) == 1 and rec.plans[0].mode == _core.Mode.__members__[mode]
+    assert rec.plans[0].device == 1, "the plan must be built for the arrays' device"
+    assert rec.plans[0].status == 0, "no status word without check=True"
     assert rec.streams == [1], "the current stream asked for must be cuda:1's"
     rows = rows_of(mode, inp)
     total = rows if mode == "draft_extend" else 0
     assert rec.launches == [(inp["seq_lens"].shape[0], MAX_LEN, total, SENTINEL)]
     # every output was allocated with the inputs' library on their device, and returned
-    assert rec.empty and all(lib == "torch" and dev == 1 for lib, dev, _ in rec.empty)
+    assert rec.empty and all(lib == "torch" and dev == 1 for lib, dev, _, _ in rec.empty)
+    assert all(stream == SENTINEL for *_, stream in rec.empty), "allocated on the launch stream"
     assert len(rec.empty) == (6 if mode == "decode" else 7)
     assert md.page_table_1.shape == (rows, MAX_LEN)
     assert md.real_page_table.shape == (rows, -(-MAX_LEN // PAGE))
@@ -143,7 +82,7 @@ def test_page_size_one_allocates_one_table(rec, mode):
     md = call(nm, mode, inputs(mode), max_len=MAX_LEN, page_size=1, topk=TOPK)
     assert md.real_page_table is md.page_table_1
     assert len(rec.empty) == (5 if mode == "decode" else 6)
-    assert all(dev == 1 for _, dev, _ in rec.empty)
+    assert all(dev == 1 for _, dev, _, _ in rec.empty)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -162,7 +101,7 @@ def test_explicit_stream_is_used_as_given(rec, mode):
     call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, stream=CupyLike())
     assert [launch[3] for launch in rec.launches] == [0x5EED, 0, 0x1234, 0x4321]
     assert rec.streams == [], "with stream= given the current stream is not consulted"
-    assert [p[1] for p in rec.plans] == [1, 1, 1, 1]
+    assert [p.device for p in rec.plans] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -174,7 +113,7 @@ def test_out_given(rec, mode):
     got = call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=[md], stream=7)
     assert isinstance(got, list) and got[0] is md
     assert rec.empty == [], "no allocation when the outputs are given"
-    assert [p[1] for p in rec.plans] == [1, 1]
+    assert [p.device for p in rec.plans] == [1, 1]
     assert rec.streams == [1]
     assert [launch[3] for launch in rec.launches] == [SENTINEL, 7]
     assert untouched(md), "the (fake) device writes nothing; the host must not either"
@@ -184,21 +123,26 @@ def test_out_given(rec, mode):
 def test_cached_plan_keeps_device_and_stream(rec, monkeypatch, mode):
     """With out= given the API reuses the validated plan of identical arguments: the reused
     plan still launches on cuda:1's current stream, or on the stream passed."""
-    monkeypatch.setattr(_arrays, "fingerprint", lambda x: (
-        x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.char))
-    inp = inputs(mode)
-    md = out_for(mode, inp)
+    inp = {k: FakeTensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs(mode).items()}
+    md = nm.Metadata(**{f: None if x is None else FakeTensor(x)
+                        for f, x in vars_of(out_for(mode, inputs(mode))).items()})
     for stream in (None, None, 0x77, None):
-        call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md, stream=stream)
-    assert len(rec.plans) == 1 and rec.plans[0][1] == 1, "one validation, for cuda:1"
-    assert len(_api._PLANS) == 1
+        call(nm, mode, inp, rows_of(mode, inputs(mode)), max_len=MAX_LEN, page_size=PAGE,
+             topk=TOPK, out=md, stream=stream)
+    assert len(rec.plans) == 1 and rec.plans[0].device == 1, "one validation, for cuda:1"
+    assert len(_plans.PLANS) == 1
     assert [launch[3] for launch in rec.launches] == [SENTINEL, SENTINEL, 0x77, SENTINEL]
     assert rec.streams == [1, 1, 1]
-    # a changed scalar is a different key: validated (and planned) again
-    call(nm, mode, inp, max_len=MAX_LEN - 1, page_size=PAGE, topk=TOPK, out=md)
-    assert len(rec.plans) == 2 and rec.plans[1][1] == 1
-    assert rec.launches[-1] == (inp["seq_lens"].shape[0], MAX_LEN - 1,
-                                rows_of(mode, inp) if mode == "draft_extend" else 0, SENTINEL)
+    # max_len travels per call; a changed scalar of the binding is a different key
+    call(nm, mode, inp, rows_of(mode, inputs(mode)), max_len=MAX_LEN - 1, page_size=PAGE,
+         topk=TOPK, out=md)
+    assert len(rec.plans) == 1
+    call(nm, mode, inp, rows_of(mode, inputs(mode)), max_len=MAX_LEN, page_size=PAGE,
+         topk=TOPK + 1, out=md)
+    assert len(rec.plans) == 2 and rec.plans[1].device == 1
+    assert rec.launches[-2:] == [(inp["seq_lens"].shape[0], n, rows_of(mode, inputs(mode))
+                                  if mode == "draft_extend" else 0, SENTINEL)
+                                 for n in (MAX_LEN - 1, MAX_LEN)]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -207,8 +151,8 @@ def test_check_true_status_word_on_the_same_device(rec, mode):
     kernel was launched on (the current one of cuda:1, or the one passed) before reading it."""
     inp = inputs(mode)
     call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
-    assert rec.status == [("torch", 1)]
-    assert rec.plans[0][1] == 1 and rec.plans[0][2] != 0, "the plan gets the status word's address"
+    assert rec.status == [("torch", 1, SENTINEL)]
+    assert rec.plans[0].device == 1 and rec.plans[0].status != 0, "the plan gets the status word's address"
     assert rec.launches[0][3] == SENTINEL
     assert rec.syncs == [("torch", 1, SENTINEL)]
     call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True, stream=0x31)
@@ -226,16 +170,16 @@ def test_check_true_reports_the_element_the_device_names(rec, monkeypatch, mode)
     P = inp["req_to_token"].shape[0]
     inp["req_pool_indices"][4] = P + 3
     monkeypatch.setattr(_arrays, "empty_status",
-                        lambda lib, device: np.array([4 << 3 | reference.POOL_INDEX], np.int64))
+                        lambda lib, device, stream: np.array([4 << 3 | KIND.bad_pool_index], np.int64))
     with pytest.raises(ValueError, match=rf"req_pool_indices\[4\] = {P + 3} is outside \[0, {P}\)"):
         call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
     inp["seq_lens"][2] = -9
     monkeypatch.setattr(_arrays, "empty_status",
-                        lambda lib, device: np.array([2 << 3 | reference.NEGATIVE_LEN], np.int64))
+                        lambda lib, device, stream: np.array([2 << 3 | KIND.negative_length], np.int64))
     with pytest.raises(ValueError, match=r"seq_lens\[2\] = -9 is negative"):
         call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
     monkeypatch.setattr(_arrays, "empty_status",
-                        lambda lib, device: np.array([1 << 3 | reference.OVERFLOW], np.int64))
+                        lambda lib, device, stream: np.array([1 << 3 | KIND.overflow], np.int64))
     with pytest.raises(ValueError, match=rf"seq_lens\[1\] = {inp['seq_lens'][1]} overflows int32"):
         call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
 
@@ -245,11 +189,11 @@ def test_check_true_reports_extend_lens_and_total(rec, monkeypatch):
     bs = inp["seq_lens"].shape[0]
     inp["extend_lens"][3] = -2
     monkeypatch.setattr(_arrays, "empty_status",
-                        lambda lib, device: np.array([3 << 3 | reference.BAD_EXTEND], np.int64))
+                        lambda lib, device, stream: np.array([3 << 3 | KIND.bad_extend], np.int64))
     with pytest.raises(ValueError, match=r"extend_lens\[3\] = -2 is negative"):
         call(nm, "draft_extend", inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, check=True)
     monkeypatch.setattr(_arrays, "empty_status",
-                        lambda lib, device: np.array([bs << 3 | reference.TOTAL], np.int64))
+                        lambda lib, device, stream: np.array([bs << 3 | KIND.bad_total], np.int64))
     live = int(np.maximum(inp["extend_lens"], 0).sum())
     with pytest.raises(ValueError, match=rf"total = {live + 5} but sum\(extend_lens\) = {live}"):
         call(nm, "draft_extend", inp, live + 5, max_len=MAX_LEN, page_size=PAGE, topk=TOPK,
@@ -308,17 +252,17 @@ def test_output_on_the_host_or_other_device_in_a_list(rec, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cached_plan_does_not_hide_a_device_change(rec, monkeypatch, mode):
-    """After a cached call, the same buffers claiming another device are validated again
-    (the fingerprint of a device array fixes its device; here it includes it explicitly)."""
-    monkeypatch.setattr(_arrays, "fingerprint", lambda x: (
-        x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.char, rec.devices.get(id(x), 1)))
-    inp = inputs(mode)
-    md = out_for(mode, inp)
-    call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
-    rec.devices[id(md.page_table_1)] = 0
+def test_cached_plan_does_not_hide_a_device_change(rec, mode):
+    """After a cached call, the same buffers claiming another device are validated again: the
+    cache key holds each array's device (bug 11; no patched key here)."""
+    inp = {k: FakeTensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs(mode).items()}
+    md = nm.Metadata(**{f: None if x is None else FakeTensor(x)
+                        for f, x in vars_of(out_for(mode, inputs(mode))).items()})
+    total = rows_of(mode, inputs(mode))
+    call(nm, mode, inp, total, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
+    md.page_table_1 = FakeTensor(md.page_table_1.a, 0)  # the same address, now on cuda:0
     with pytest.raises(ValueError, match=r"out\.page_table_1 is on cuda:0"):
-        call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
+        call(nm, mode, inp, total, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md)
     assert len(rec.launches) == 1
 
 
@@ -331,14 +275,14 @@ def test_prepared_plan_device_and_streams(rec, mode):
         kw["extend_lens"] = inp["extend_lens"]
     plan = nm.prepare(mode, inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"], out=md,
                       page_size=PAGE, topk=TOPK, **kw)
-    assert [p[1] for p in rec.plans] == [1]
+    assert [p.device for p in rec.plans] == [1]
     plan(5, MAX_LEN - 3, 2)
     plan(4, MAX_LEN, 1, stream=0x99)
     assert rec.launches == [(5, MAX_LEN - 3, 2, SENTINEL), (4, MAX_LEN, 1, 0x99)]
     assert rec.streams == [1]
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
-    caps = rec.plans[0][3][5:9]  # bs, rows, width and real-width capacities
-    assert caps == (bs, rows, MAX_LEN, -(-MAX_LEN // PAGE))
+    c = rec.plans[0].capacity
+    assert (c.bs, c.rows, c.width, c.real_width) == (bs, rows, MAX_LEN, -(-MAX_LEN // PAGE))
     assert untouched(md)
 
 
@@ -360,7 +304,7 @@ def test_host_arrays_never_reach_the_device_layer(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the device layer was used for host arrays")
 
-    monkeypatch.setattr(_api, "_plan", refuse)
+    monkeypatch.setattr(_core, "Plan", refuse)
     monkeypatch.setattr(_arrays, "current_stream", refuse)
     monkeypatch.setattr(_arrays, "current_stream_getter", refuse)
     for mode in MODES:
@@ -368,4 +312,36 @@ def test_host_arrays_never_reach_the_device_layer(monkeypatch):
         md = out_for(mode, inp)
         call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, out=md, stream=0x5)
         assert not untouched(md)
-    assert not _api._PLANS
+    assert not _plans.PLANS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_are_allocated_on_the_stream_that_writes_them(rec, mode):
+    """Bug 3: with out=None and stream= another stream, the outputs were allocated on the
+    current stream and written on the other, so the allocator could hand their memory out again
+    while the kernel wrote it. They (and check=True's status word) belong to the launch stream."""
+    inp = inputs(mode)
+    call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, stream=0x5EED)
+    assert rec.empty and all(stream == 0x5EED for *_, stream in rec.empty)
+    assert rec.launches[-1][3] == 0x5EED
+    rec.empty.clear()
+    call(nm, mode, inp, max_len=MAX_LEN, page_size=PAGE, topk=TOPK, stream=0x5EED, check=True)
+    assert rec.empty and all(stream == 0x5EED for *_, stream in rec.empty)
+    assert rec.status == [("torch", 1, 0x5EED)]
+    assert rec.streams == [], "the current stream is not consulted"
+
+
+def test_prepared_draft_extend_needs_total(rec):
+    """Bug 8: without total, a prepared draft_extend step raised on the host and silently wrote
+    zero rows on the GPU. total is required in draft_extend everywhere."""
+    inp = inputs("draft_extend")
+    md = out_for("draft_extend", inp)
+    plan = nm.prepare("draft_extend", inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"],
+                      out=md, extend_lens=inp["extend_lens"], page_size=PAGE, topk=TOPK)
+    with pytest.raises(TypeError, match="draft_extend needs total"):
+        plan(4, MAX_LEN)
+    with pytest.raises(TypeError, match="draft_extend needs total"):
+        plan(4, MAX_LEN, stream=3)
+    assert rec.launches == []
+    plan(4, MAX_LEN, int(inp["extend_lens"][:4].sum()))
+    assert len(rec.launches) == 1

@@ -299,8 +299,8 @@ for value, exc in ((0, ValueError), (-1, ValueError), (1.0, TypeError), (False, 
 for value, exc in ((-1, ValueError), (None, TypeError), (4.0, TypeError), (True, TypeError),
                    (2**31, ValueError), (3, ValueError), (5, ValueError), (0, ValueError)):
     CASES += case(set_kw("total", value), exc, "total", modes=DE, id=f"total={value!r}")
-CASES += case(negative_extend_with_raw_total, ValueError, "total", modes=DE,
-              id="total-is-raw-sum-with-negative-extend")
+CASES += case(negative_extend_with_raw_total, ValueError, "extend_lens[1]", modes=DE,
+              id="total-is-raw-sum-with-negative-extend")  # the negative entry is named (bug 9)
 # the out argument itself
 CASES += case(many_destinations(17), ValueError, "out", id="out-17-destinations")
 CASES += case(many_destinations(0), ValueError, "out", id="out-empty-list")
@@ -438,3 +438,59 @@ class _DLPackOnly:
 def test_dlpack_input_without_torch_or_cupy_is_a_type_error():
     with pytest.raises(TypeError, match="seq_lens"):
         nm.decode(_DLPackOnly(), a32(0, 1), table(), max_len=2)
+
+
+# ----------------------------------------------------------------------------- issue 13 bugs
+
+def test_negative_extend_length_is_named_when_the_total_disagrees():
+    """Bug 9: the message named the total and never the negative entry."""
+    c = valid_call("draft_extend")
+    c["extend_lens"], c["kw"]["total"] = a32(-1, 2, 2), 3
+    snap = snapshot(c)
+    with pytest.raises(ValueError, match=re.escape("extend_lens[0] = -1 is negative")):
+        invoke(c)
+    assert_untouched(snap)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stream, exc", [("side", TypeError), (1.5, TypeError), (True, TypeError),
+                                         (-1, ValueError), (2**64, ValueError)])
+def test_stream_is_validated_on_the_host_too(mode, stream, exc):
+    """Bug 10: the same call gives the same errors whatever the arrays; stream= was ignored on
+    the host."""
+    c = valid_call(mode)
+    c["kw"]["stream"] = stream
+    snap = snapshot(c)
+    with pytest.raises(exc, match=names("stream")):
+        invoke(c)
+    assert_untouched(snap)
+    c["out"] = None
+    with pytest.raises(exc, match=names("stream")):
+        invoke(c)
+
+
+class _ImmutableDLPack:
+    """An array that exports itself through DLPack only, as a JAX array does (which is
+    immutable: writing through a view of it breaks its owner's guarantees)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("field", ["cache_seqlens", "page_table_1"])
+def test_dlpack_only_output_is_refused(mode, field):
+    """Bug 2: an output seen only through DLPack (JAX) was written in place through torch's
+    view of it. Outputs must be arrays the caller's library lets us write."""
+    c = valid_call(mode)
+    setattr(c["out"], field, _ImmutableDLPack(getattr(c["out"], field)))
+    snap = snapshot(c) + [(getattr(c["out"], field).a, getattr(c["out"], field).a.copy())]
+    with pytest.raises(TypeError, match=rf"out\.{field} is seen only through DLPack"):
+        invoke(c)
+    assert_untouched(snap)

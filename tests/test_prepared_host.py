@@ -72,3 +72,18 @@ def test_steps_that_do_not_fit_are_refused_and_write_nothing():
             plan(bs, max_len)
     for f, arr in before.items():
         np.testing.assert_array_equal(getattr(md, f), arr, err_msg=f)
+
+
+def test_draft_extend_needs_total():
+    """Bug 8, on the host: the same TypeError as on the device (before, the message depended on
+    the arrays: a ValueError about the sum on the host, nothing on the GPU)."""
+    rng = np.random.default_rng(4)
+    inp, md = bound("draft_extend", rng, 16)
+    plan = nm.prepare("draft_extend", inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"],
+                      out=md, extend_lens=inp["extend_lens"], page_size=16)
+    before = snapshot(md)
+    for bs in (0, 3):
+        with pytest.raises(TypeError, match="draft_extend needs total"):
+            plan(bs, 10)
+    for f, arr in before.items():
+        np.testing.assert_array_equal(getattr(md, f), arr, err_msg=f)

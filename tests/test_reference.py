@@ -10,6 +10,7 @@ import pytest
 
 import nsa_metadata as nm
 from nsa_metadata import Metadata, reference
+from nsa_metadata._core import BadKind
 
 POISON = -777_777  # never a value any test table or length produces
 I32 = np.int32
@@ -731,20 +732,20 @@ def test_first_error_kinds_direct():
     fe = reference.first_error
     d = dict(topk=2**31 - 1, kpool=1, next_n=1, total=None)
     assert fe("decode", a32(1, 2), a32(0, 1), None, 3, **d) is None
-    assert fe("decode", a32(1, -2), a32(0, 5), None, 3, **d) == (1, reference.POOL_INDEX)
-    assert fe("decode", a32(1, -2), a32(0, 1), None, 3, **d) == (1, reference.NEGATIVE_LEN)
-    assert fe("decode", a32(2**31 - 1, 1), a32(0, 1), None, 3, **d) == (1, reference.OVERFLOW)
+    assert fe("decode", a32(1, -2), a32(0, 5), None, 3, **d) == (1, BadKind.bad_pool_index)
+    assert fe("decode", a32(1, -2), a32(0, 1), None, 3, **d) == (1, BadKind.negative_length)
+    assert fe("decode", a32(2**31 - 1, 1), a32(0, 1), None, 3, **d) == (1, BadKind.overflow)
     de = dict(d, total=1)
     assert fe("draft_extend", a32(-1, 2), a32(0, 1), a32(-1, 1), 3, **de) == \
-        (0, reference.NEGATIVE_LEN)
+        (0, BadKind.negative_length)
     assert fe("draft_extend", a32(1, 2), a32(0, 1), a32(-1, 1), 3, **de) == \
-        (0, reference.BAD_EXTEND)
-    assert fe("draft_extend", a32(1, 2), a32(0, 1), a32(2, 1), 3, **de) == (2, reference.TOTAL)
+        (0, BadKind.bad_extend)
+    assert fe("draft_extend", a32(1, 2), a32(0, 1), a32(2, 1), 3, **de) == (2, BadKind.bad_total)
     tv = dict(d, next_n=2)
     assert fe("target_verify", a32(2**31 - 2, 0), a32(0, 1), None, 3, **tv) == \
-        (0, reference.OVERFLOW)
-    assert reference.POOL_INDEX < reference.NEGATIVE_LEN < reference.BAD_EXTEND \
-        < reference.OVERFLOW
+        (0, BadKind.overflow)
+    assert BadKind.bad_pool_index < BadKind.negative_length < BadKind.bad_extend \
+        < BadKind.overflow
 
 
 def test_check_writes_the_exact_result_when_no_error():

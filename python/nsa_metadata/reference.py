@@ -10,23 +10,34 @@ ops give: sums wrap modulo 2^32, and `sparse` is computed on the int32 value of 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, TypeVar, overload
+
 import numpy as np
+import numpy.typing as npt
+
+from ._core import BadKind
+
+if TYPE_CHECKING:
+    from ._arrays import Stream
+    from ._metadata import Metadata
+
+Ints = npt.NDArray[Any]
+Outs = TypeVar("Outs", bound="Sequence[Metadata]")
 
 MODES = ("decode", "target_verify", "draft_extend")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-# Error kinds of check=True, in the order they win when one request has several.
-# The first bad element is the one with the smallest (request index, kind).
-# BAD_EXTEND: an extend length that is negative or outside int32.
-POOL_INDEX, NEGATIVE_LEN, BAD_EXTEND, OVERFLOW, TOTAL = range(5)
+# check=True's error kinds (kernels/launch.h, exported by the extension), in the order they win
+# when one request has several: the first bad element is the one with the smallest
+# (request index, kind). bad_extend: an extend length that is negative or outside int32.
 
 
-def int32(x):
+def int32(x: npt.ArrayLike) -> Ints:
     """Two's-complement truncation, as torch's `.to(torch.int32)`."""
     return np.asarray(x).astype(np.int64).astype(np.int32)
 
 
-def sparse(x, topk, kpool):
+def sparse(x: npt.ArrayLike, topk: int, kpool: int) -> Ints:
     """SPEC's sparse(x) on int32 values x, computed exactly, truncated to int32."""
     x = np.asarray(x, dtype=np.int64)
     if kpool == 1:
@@ -34,12 +45,13 @@ def sparse(x, topk, kpool):
     return int32(np.minimum((x // kpool) * kpool, topk) + x % kpool)
 
 
-def cumsum0(v):
+def cumsum0(v: npt.ArrayLike) -> Ints:
     """[0, v0, v0+v1, ...] exactly (int64); callers truncate."""
     return np.concatenate([np.zeros(1, np.int64), np.cumsum(np.asarray(v, np.int64))])
 
 
-def layout(mode, seq_lens, extend_lens, next_n, total):
+def layout(mode: str, seq_lens: Ints, extend_lens: Optional[Ints], next_n: int,
+           total: int) -> Tuple[Ints, Ints, Ints, Optional[Ints]]:
     """rows, L (per-row KV length), the request of every row and seqlens_expanded (or None)."""
     lens = int32(seq_lens).astype(np.int64)
     bs = lens.shape[0]
@@ -52,6 +64,7 @@ def layout(mode, seq_lens, extend_lens, next_n, total):
         j = np.tile(np.arange(next_n), bs)
         return cache, cache[row_req], row_req, int32(lens[row_req] + j + 1).astype(np.int64)
     # draft_extend: a negative extend length places no rows (check=True reports it).
+    assert extend_lens is not None
     ext = np.maximum(int32(extend_lens).astype(np.int64), 0)
     p = cumsum0(ext)
     row_req = np.repeat(np.arange(bs), ext)[:total]
@@ -60,41 +73,44 @@ def layout(mode, seq_lens, extend_lens, next_n, total):
     return lens, lens[row_req], row_req, expanded
 
 
-def first_error(mode, seq_lens, req_pool_indices, extend_lens, pool_rows, topk, kpool,
-                next_n, total):
+def first_error(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Optional[Ints],
+                pool_rows: int, topk: int, kpool: int, next_n: int,
+                total: int) -> Optional[Tuple[int, BadKind]]:
     """check=True: (request index, kind) of the first bad element, or None."""
     raw = np.asarray(seq_lens, np.int64)
     q = np.asarray(req_pool_indices, np.int64)
     bs = raw.shape[0]
     cache, _, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
-    bad = np.zeros((bs, 5), bool)
-    bad[:, POOL_INDEX] = (q < 0) | (q >= pool_rows)
-    bad[:, NEGATIVE_LEN] = raw < 0
+    bad = np.zeros((bs, len(BadKind)), bool)
+    bad[:, BadKind.bad_pool_index] = (q < 0) | (q >= pool_rows)
+    bad[:, BadKind.negative_length] = raw < 0
     over = (raw > INT32_MAX) | (raw < INT32_MIN)
     if mode == "target_verify":
         over |= int32(raw).astype(np.int64) + next_n > INT32_MAX
     if mode == "draft_extend":
         ext_raw = np.asarray(extend_lens, np.int64)
-        bad[:, BAD_EXTEND] = (ext_raw < 0) | (ext_raw > INT32_MAX)
+        bad[:, BadKind.bad_extend] = (ext_raw < 0) | (ext_raw > INT32_MAX)
     cu = cumsum0(int32(cache))[1:]
     over |= (cu > INT32_MAX) | (cu < INT32_MIN)
     nsa_src = int32(cache) if expanded is None else expanded
     nsa_cu = cumsum0(sparse(nsa_src, topk, kpool))[1:]
     rows_over = (nsa_cu > INT32_MAX) | (nsa_cu < INT32_MIN)
     np.logical_or.at(over, row_req[rows_over], True)
-    bad[:, OVERFLOW] = over
+    bad[:, BadKind.overflow] = over
     hits = np.argwhere(bad)
     if hits.shape[0]:
-        return int(hits[0, 0]), int(hits[0, 1])
+        return int(hits[0, 0]), BadKind(int(hits[0, 1]))
     if mode == "draft_extend":
+        assert extend_lens is not None
         ext = np.maximum(int32(extend_lens).astype(np.int64), 0)
         if int(ext.sum()) != total:
-            return bs, TOTAL
+            return bs, BadKind.bad_total
     return None
 
 
-def compute(mode, seq_lens, req_pool_indices, extend_lens, req_to_token, outs, *, max_len,
-            topk, kpool, page_size, next_n, total, live):
+def compute(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Optional[Ints],
+            req_to_token: Ints, outs: Sequence[Any], *, max_len: int, topk: int, kpool: int,
+            page_size: int, next_n: int, total: int, live: bool) -> None:
     """Fill every destination in `outs` (objects with SPEC's field names, NumPy arrays or None)."""
     cache, L, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
     rows = row_req.shape[0]  # in draft_extend, the live rows: min(sum(extend_lens), total)
@@ -133,28 +149,61 @@ def compute(mode, seq_lens, req_pool_indices, extend_lens, req_to_token, outs, *
             region[mask] = value[mask]
 
 
-def _host_only(*arrays):
+def _host_only(*arrays: Any) -> None:
     for a in arrays:
         if a is not None and not isinstance(a, np.ndarray):
             raise TypeError(f"nsa_metadata.reference takes NumPy arrays, not {type(a).__name__}")
 
 
-def decode(seq_lens, req_pool_indices, req_to_token, **kw):
-    """SPEC decode on NumPy arrays: nsa_metadata.decode's signature, validation and errors."""
+@overload
+def decode(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, *, max_len: int,
+           topk: int = ..., kpool: int = ..., page_size: int = ..., live: bool = ...,
+           out: Optional[Metadata] = ..., stream: Optional[Stream] = ...,
+           check: bool = ...) -> Metadata: ...
+@overload
+def decode(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, *, max_len: int,
+           topk: int = ..., kpool: int = ..., page_size: int = ..., live: bool = ..., out: Outs,
+           stream: Optional[Stream] = ..., check: bool = ...) -> Outs: ...
+def decode(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, **kw: Any) -> Any:
+    """SPEC decode on NumPy arrays: `nsa_metadata.decode`'s parameters, validation, errors and
+    result (NumPy arrays)."""
     from . import _api
     _host_only(seq_lens, req_pool_indices, req_to_token)
     return _api.decode(seq_lens, req_pool_indices, req_to_token, **kw)
 
 
-def target_verify(seq_lens, req_pool_indices, req_to_token, **kw):
-    """SPEC target_verify on NumPy arrays."""
+@overload
+def target_verify(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, *, next_n: int,
+                  max_len: int, topk: int = ..., kpool: int = ..., page_size: int = ...,
+                  live: bool = ..., out: Optional[Metadata] = ..., stream: Optional[Stream] = ...,
+                  check: bool = ...) -> Metadata: ...
+@overload
+def target_verify(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, *, next_n: int,
+                  max_len: int, topk: int = ..., kpool: int = ..., page_size: int = ...,
+                  live: bool = ..., out: Outs, stream: Optional[Stream] = ...,
+                  check: bool = ...) -> Outs: ...
+def target_verify(seq_lens: Ints, req_pool_indices: Ints, req_to_token: Ints, **kw: Any) -> Any:
+    """SPEC target_verify on NumPy arrays: `nsa_metadata.target_verify`'s parameters,
+    validation, errors and result (NumPy arrays)."""
     from . import _api
     _host_only(seq_lens, req_pool_indices, req_to_token)
     return _api.target_verify(seq_lens, req_pool_indices, req_to_token, **kw)
 
 
-def draft_extend(seq_lens, extend_lens, req_pool_indices, req_to_token, **kw):
-    """SPEC draft_extend on NumPy arrays."""
+@overload
+def draft_extend(seq_lens: Ints, extend_lens: Ints, req_pool_indices: Ints, req_to_token: Ints,
+                 *, total: int, max_len: int, topk: int = ..., kpool: int = ...,
+                 page_size: int = ..., live: bool = ..., out: Optional[Metadata] = ...,
+                 stream: Optional[Stream] = ..., check: bool = ...) -> Metadata: ...
+@overload
+def draft_extend(seq_lens: Ints, extend_lens: Ints, req_pool_indices: Ints, req_to_token: Ints,
+                 *, total: int, max_len: int, topk: int = ..., kpool: int = ...,
+                 page_size: int = ..., live: bool = ..., out: Outs,
+                 stream: Optional[Stream] = ..., check: bool = ...) -> Outs: ...
+def draft_extend(seq_lens: Ints, extend_lens: Ints, req_pool_indices: Ints, req_to_token: Ints,
+                 **kw: Any) -> Any:
+    """SPEC draft_extend on NumPy arrays: `nsa_metadata.draft_extend`'s parameters, validation,
+    errors and result (NumPy arrays)."""
     from . import _api
     _host_only(seq_lens, extend_lens, req_pool_indices, req_to_token)
     return _api.draft_extend(seq_lens, extend_lens, req_pool_indices, req_to_token, **kw)

@@ -1,0 +1,134 @@
+"""The bound plan (a `_core.Plan`: one launch bound to validated buffers, each step passing bs,
+max_len, total and the stream) and the cache of the one-shot call's plans.
+
+A one-shot call with `out=` on device arrays looks its plan up by what validation reads of its
+buffers (each array's address, device, strides and dtype, the shape of all but the 1-D inputs
+whose length is the step's bs) and the scalars a plan binds. bs, max_len and total are never
+part of the key: they travel with every launch, checked against the plan's capacities, exactly
+as a prepared step. A key that matches denotes the very same memory and settings, so the plan is
+what a fresh validation would bind; a step it cannot take is validated afresh by the caller.
+The cache keeps no array alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import operator
+import threading
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+
+from . import _arrays, _core
+from ._arrays import Arr
+from ._metadata import FIELDS, Metadata
+from ._validate import Dests
+
+Entry = Tuple[_core.Plan, Callable[[], int]]  # the plan, and its device's current-stream lookup
+
+_fields = operator.attrgetter(*FIELDS)
+
+
+def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, topk: int,
+         kpool: int, page_size: int, next_n: int, live: bool, status: int = 0) -> _core.Plan:
+    """A `_core.Plan` over validated arrays (host arrays: one that only checks steps)."""
+    def index(a: Optional[Arr]) -> _core.IndexArray:
+        if a is None:
+            return _core.IndexArray()
+        return _core.IndexArray(data=a.ptr, stride=a.strides[0], is64=a.dtype == "int64")
+
+    def dest(d: Dict[str, Arr]) -> _core.Dest:
+        at = {f: d[f].ptr for f in FIELDS if f in d}
+        rows = {f"{f}_stride": d[f].strides[0] for f in ("page_table_1", "real_page_table") if f in d}
+        return _core.Dest(**at, **rows)
+
+    table = arrs[2]
+    inputs = _core.Inputs(seq_lens=index(arrs[0]), req_pool_indices=index(arrs[1]),
+                          extend_lens=index(arrs[3] if mode == "draft_extend" else None),
+                          req_to_token=table.ptr, pool_rows=table.shape[0],
+                          table_width=table.shape[1], row_stride=table.strides[0])
+    device = arrs[0].device
+    return _core.Plan(mode=_core.Mode.__members__[mode], inputs=inputs,
+                      dests=[dest(d) for d in dests], capacity=cap, topk=topk, kpool=kpool,
+                      page_size=page_size, next_n=next_n, live=live, status=status,
+                      device=-1 if device is None else device)
+
+
+def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
+              extend_lens: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, live: Any,
+              out: Any) -> Optional[Hashable]:
+    """The key of a one-shot call's plan, or None when the call cannot have one (host arrays,
+    an argument of an unusual type: those are validated every time).
+
+    Output buffers are persistent, so each Metadata keeps the full key of its fields (`_memo`)
+    with the field objects; a call re-reads only their identity, address and shape (torch's
+    stride() and get_device() cost more than the rest of a cached call). An array changed in
+    place so that it keeps both its address and shape but not its strides (as_strided_, set_,
+    transposing a square table in place) is not seen: assign it to its field again.
+    """
+    if not (type(topk) is int and type(kpool) is int and type(page_size) is int
+            and type(next_n) is int and (live is True or live is False)):
+        return None
+    keyed = _arrays.keyed_type(seq_lens)
+    if keyed is None:
+        return None
+    t, is_torch = keyed
+    inputs = _arrays.input_keys(t, is_torch, (seq_lens, req_pool_indices) if extend_lens is None
+                                else (seq_lens, req_pool_indices, extend_lens), req_to_token)
+    if inputs is None:
+        return None
+    many = type(out) is list or type(out) is tuple
+    outs = []
+    for md in out if many else (out,):
+        if type(md) is not Metadata:
+            return None
+        xs = _fields(md)
+        memo = md._memo
+        if (memo is None or memo[0] is not t or not all(map(operator.is_, xs, memo[1]))
+                or _arrays.quick_keys(is_torch, xs) != memo[2]):
+            keys = _arrays.output_keys(t, is_torch, xs)
+            if keys is None:
+                return None
+            memo = md._memo = (t, xs, _arrays.quick_keys(is_torch, xs), keys)
+        outs.append(memo[3])
+        outs.append(md.real_page_table is md.page_table_1)
+    return (mode, topk, kpool, page_size, next_n, live, many, inputs, tuple(outs))
+
+
+class PlanCache:
+    """A least-recently-used map from cache keys to entries, safe to share between threads.
+
+    Changes (put, clear, eviction) hold the lock; a lookup is one dict read and stamps the entry
+    with a use count, so a hit costs one hash of its key. Eviction drops the entry with the
+    oldest stamp (at most `capacity` entries: a scan on a miss, never on a hit).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: Dict[Hashable, List[Any]] = {}  # key -> [plan, current stream, last use]
+        self._uses = itertools.count()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Optional[Entry]:
+        slot = self._entries.get(key)
+        if slot is None:
+            return None
+        slot[2] = next(self._uses)
+        return slot[0], slot[1]
+
+    def put(self, key: Hashable, entry: Entry) -> None:
+        with self._lock:
+            self._entries[key] = [entry[0], entry[1], next(self._uses)]
+            while len(self._entries) > self.capacity:
+                oldest = min(self._entries, key=lambda k: self._entries[k][2])
+                del self._entries[oldest]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PLANS = PlanCache(64)
+atexit.register(PLANS.clear)  # release the plans before the extension is torn down

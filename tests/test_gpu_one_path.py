@@ -1,0 +1,173 @@
+"""The one path on a real device: one-shot calls bind once per set of buffers and take bs,
+max_len and total on every call; threads share the plan cache; the allocator and DLPack rules of
+issue 13."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import nsa_metadata as nm
+from nsa_metadata import _plans
+from helpers import POISON, Lib, random_inputs
+from test_binding import plan_bytes
+
+pytestmark = pytest.mark.gpu
+MODES = ["decode", "target_verify", "draft_extend"]
+CAP, W, NEXT_N, EXT, PAGE = 8, 70, 2, 3, 16
+
+
+@pytest.fixture(params=["torch", "cupy"])
+def lib(request):
+    pytest.importorskip(request.param)
+    return Lib(request.param)
+
+
+def buffer_set(lib, mode, seed):
+    """Device inputs of CAP requests and poisoned outputs with room for CAP requests."""
+    rng = np.random.default_rng(seed)
+    inp = random_inputs(rng, mode, CAP, W, P=CAP + 3, W=W, next_n=NEXT_N, max_extend=EXT)
+    rows = CAP * (1 if mode == "decode" else NEXT_N if mode == "target_verify" else EXT)
+    full = lambda *shape: lib.to_device(np.full(shape, POISON, np.int32))  # noqa: E731
+    md = nm.Metadata(full(CAP), full(CAP + 1), full(rows), full(rows + 1), full(rows, W),
+                     full(rows, -(-W // PAGE)), None if mode == "decode" else full(rows))
+    dev = {k: lib.to_device(v) for k, v in inp.items() if isinstance(v, np.ndarray)}
+    return inp, dev, md
+
+
+def one_shot(mod, mode, arrays, bs, max_len, **kw):
+    args = (arrays["seq_lens"][:bs], arrays["req_pool_indices"][:bs], arrays["req_to_token"])
+    kw = dict(max_len=max_len, topk=30, page_size=PAGE, **kw)
+    if mode == "decode":
+        return mod.decode(*args, **kw)
+    if mode == "target_verify":
+        return mod.target_verify(*args, next_n=NEXT_N, **kw)
+    total = int(np.maximum(np.asarray(arrays["extend_lens"][:bs]), 0).sum()) if mod is nm.reference \
+        else kw.pop("total")
+    return mod.draft_extend(args[0], arrays["extend_lens"][:bs], *args[1:], total=total, **kw)
+
+
+def assert_step_exact(lib, mode, inp, md, bs, max_len):
+    want = one_shot(nm.reference, mode, inp, bs, max_len)
+    for f in nm.Metadata.__slots__:
+        w = getattr(want, f)
+        if w is None:
+            continue
+        got = lib.to_host(getattr(md, f))[tuple(slice(n) for n in w.shape)]
+        np.testing.assert_array_equal(got, w, err_msg=f"{f} (bs {bs}, max_len {max_len})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_shot_steps_of_every_size_share_one_plan(lib, mode):
+    _plans.PLANS.clear()
+    inp, dev, md = buffer_set(lib, mode, 1)
+    rng = np.random.default_rng(2)
+    for _ in range(30):  # bs >= 1: an empty view may have another address (a plan of its own)
+        bs, max_len = int(rng.integers(1, CAP + 1)), int(rng.integers(0, W + 1))
+        total = int(np.maximum(inp["extend_lens"][:bs], 0).sum())
+        kw = dict(total=total) if mode == "draft_extend" else {}
+        assert one_shot(nm, mode, dev, bs, max_len, out=md, **kw) is md
+        lib.synchronize()
+        assert_step_exact(lib, mode, inp, md, bs, max_len)
+    assert len(_plans.PLANS) == 1
+
+
+def test_sixteen_threads_share_the_plan_cache(lib):
+    """16 threads x 1000 one-shot calls over more buffer sets than the cache holds (each thread
+    owns its sets, on its own stream): every result exact, no exception."""
+    per_thread = _plans.PLANS.capacity // 16 + 2
+    sets = [[buffer_set(lib, MODES[(t + s) % 3], 100 * t + s) + (MODES[(t + s) % 3],)
+             for s in range(per_thread)] for t in range(16)]
+    errors = []
+
+    def work(t):
+        rng = np.random.default_rng(t)
+        try:
+            stream = (lib.m.cuda.Stream() if lib.name == "torch"
+                      else lib.m.cuda.Stream(non_blocking=True))
+            with (lib.m.cuda.stream(stream) if lib.name == "torch" else stream):
+                for k in range(1000):
+                    inp, dev, md, mode = sets[t][k % per_thread]
+                    bs, max_len = int(rng.integers(0, CAP + 1)), int(rng.integers(0, W + 1))
+                    total = int(np.maximum(inp["extend_lens"][:bs], 0).sum())
+                    kw = dict(total=total) if mode == "draft_extend" else {}
+                    one_shot(nm, mode, dev, bs, max_len, out=md, **kw)
+                    stream.synchronize()
+                    assert_step_exact(lib, mode, inp, md, bs, max_len)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"thread {t}: {e!r}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+def test_outputs_allocated_for_another_stream_are_not_reused_early():
+    """Bug 3: out=None with stream= a busy stream: freed before the kernel ran, the outputs'
+    memory must not go to the next allocation on the current stream."""
+    torch = pytest.importorskip("torch")
+    inp = random_inputs(np.random.default_rng(5), "decode", 64, 2000, bad_pool=False)
+    d = {k: torch.from_numpy(v).cuda() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    side = torch.cuda.Stream()
+    for _ in range(3):
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(200_000_000)  # ~0.1 s: the kernel queues behind this on `side`
+        md = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=2000,
+                       page_size=64, stream=side)
+        shapes = [tuple(getattr(md, f).shape) for f in nm.Metadata.__slots__
+                  if getattr(md, f) is not None]
+        del md
+        fresh = [torch.full(s, 7, dtype=torch.int32, device="cuda") for s in shapes]
+        side.synchronize()
+        torch.cuda.synchronize()
+        assert all(bool((t == 7).all()) for t in fresh), "the kernel wrote into reused memory"
+
+
+class _Frozen:
+    """A DLPack-only view of a torch tensor, as a JAX array presents itself."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.t.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.t.__dlpack_device__()
+
+
+def test_dlpack_only_output_is_refused_and_not_written():
+    """Bug 2: refused with a TypeError naming the field; a DLPack-only input stays accepted."""
+    torch = pytest.importorskip("torch")
+    inp = random_inputs(np.random.default_rng(6), "decode", 10, 64)
+    d = {k: torch.from_numpy(v).cuda() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    md = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64)
+    md.page_table_1.fill_(POISON)
+    table = md.page_table_1
+    md.page_table_1 = _Frozen(table)
+    with pytest.raises(TypeError, match=r"out\.page_table_1 is seen only through DLPack"):
+        nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64, out=md)
+    torch.cuda.synchronize()
+    assert bool((table == POISON).all())
+    md.page_table_1 = table
+    nm.decode(_Frozen(d["seq_lens"]), d["req_pool_indices"], d["req_to_token"], max_len=64, out=md)
+    want = nm.decode(inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"], max_len=64)
+    np.testing.assert_array_equal(table.cpu().numpy(), want.page_table_1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prepared_launches_leave_the_plan_as_bound(lib, mode):
+    """Bug 6 on the device: real launches of a prepared plan do not write into it."""
+    inp, dev, md = buffer_set(lib, mode, 7)
+    prep = nm.prepare(mode, dev["seq_lens"], dev["req_pool_indices"], dev["req_to_token"], out=md,
+                      extend_lens=dev["extend_lens"], next_n=NEXT_N, topk=30, page_size=PAGE)
+    before = plan_bytes(prep._plan)
+    for bs, max_len in ((3, 17), (0, 0), (CAP, W)):
+        prep(bs, max_len, int(np.maximum(inp["extend_lens"][:bs], 0).sum()))
+    lib.synchronize()
+    assert plan_bytes(prep._plan) == before
+    assert_step_exact(lib, mode, inp, md, CAP, W)
