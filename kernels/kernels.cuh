@@ -2,15 +2,20 @@
 // only file that knows the CUDA runtime and says which instance runs for which call.
 //
 // One launch, specialised at compile time by mode, by the set of page tables written and by the
-// number of destination slots:
-// - block 0 builds the 1-D outputs (a block scan over requests, 128 x kItems at a time, so every
-//   batch size works) and runs check=True's validation;
-// - every other block is one page program (group g, split s): for each request of its group it
+// number of destination slots; grid (1 + groups, splits) of 128 threads:
+// - block (0, 0) builds the 1-D outputs: a block scan over requests (one per thread for small
+//   batches, up to kItems per thread per step beyond), and check=True's validation;
+// - block (1 + g, s) is the page program of group g, split s: for each request of its group it
 //   reads the live source columns of steps s, s + splits, ... once and writes them to each of the
 //   request's rows in every destination, taking the real table from the same loads. The launcher
-//   bounds the programs (groups x splits) by the size of the chip, so a table width far beyond
-//   the live lengths costs few idle programs.
+//   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
+//   costs few idle programs.
+// Latency is a chain of dependent instructions at small sizes, so indices are 32-bit (requests,
+// rows and columns are int32 by SPEC; pointer offsets stay 64-bit) and every loop that stores
+// has one store site.
 #pragma once
+
+#include <type_traits>
 
 #include "metadata.cuh"
 
@@ -23,7 +28,7 @@ constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 
 constexpr int kUnroll = 4;            // program steps in flight per thread
 static_assert(kChunk / kThreads == kUnroll, "the scalar path loads one step as kUnroll columns a thread");
 #ifndef NSA_MIN_BLOCKS
-#define NSA_MIN_BLOCKS 6  // resident blocks per SM the registers allow: <= 80 each, no spills
+#define NSA_MIN_BLOCKS 8  // resident blocks per SM the registers allow: <= 64 each, no spills
 #endif
 
 // The page tables some destination writes (the code for the others is not compiled).
@@ -35,49 +40,57 @@ struct Args {
   Dest dest[kSlots];
   int n_dest;
   Params p;
-  int64_t rows;       // shape_of(...).rows
-  int64_t groups;     // page programs = groups * splits
-  int64_t per_group;  // requests of a group: [g * per_group, (g + 1) * per_group)
-  int64_t splits;     // programs per group, striding over the steps of its rows
+  int32_t bs;         // in.bs
+  int32_t rows;       // shape_of(...).rows
+  int32_t per_group;  // requests of group g: [g * per_group, (g + 1) * per_group)
+  int32_t splits;     // programs per group (gridDim.y), striding over the steps of its rows
   int ps_shift;       // log2(page_size) when it is a power of two, else -1
+  __device__ int dests() const { return kSlots == 1 ? 1 : n_dest; }  // (a constant for one slot)
 };
 
-// Moves the next loaded value into v[0] (a rolled store loop over an unrolled load keeps one
-// store site in the code: small kernels, few instruction-cache misses).
+// Moves the next loaded value into v[0]: a rolled loop over values loaded by an unrolled one
+// keeps loads in flight together and one store site in the code.
 template <class T, int N>
 __device__ inline void rotate(T (&v)[N]) {
 #pragma unroll
   for (int w = 0; w + 1 < N; ++w) v[w] = v[w + 1];
 }
 
-// ------------------------------------------------------------------ block 0: the 1-D outputs
+// ------------------------------------------------------------------ block (0, 0): 1-D outputs
 
+// Running sums of cache_seqlens, of nsa_cache_seqlens and of rows. T is uint32_t on the fast
+// path (the outputs wrap modulo 2^32, so 32-bit sums are exact there) and int64 under
+// check=True, which must see an overflow. Rows are scanned only in draft_extend, in 64 bits
+// (hostile extend_lens may sum past 2^32).
+template <class T>
 struct Sums {
-  long long cache, nsa, rows;
+  T cache, nsa;
+  long long rows;
 };
-__device__ inline Sums operator+(const Sums& a, const Sums& b) {
-  return {a.cache + b.cache, a.nsa + b.nsa, a.rows + b.rows};
+template <class T>
+__device__ inline Sums<T> operator+(const Sums<T>& a, const Sums<T>& b) {
+  return {static_cast<T>(a.cache + b.cache), static_cast<T>(a.nsa + b.nsa), a.rows + b.rows};
 }
-__device__ inline Sums operator-(const Sums& a, const Sums& b) {
-  return {a.cache - b.cache, a.nsa - b.nsa, a.rows - b.rows};
+template <class T>
+__device__ inline Sums<T> operator-(const Sums<T>& a, const Sums<T>& b) {
+  return {static_cast<T>(a.cache - b.cache), static_cast<T>(a.nsa - b.nsa), a.rows - b.rows};
 }
 
-// Exclusive scan of the block's Sums; *total gets the block's sum. The row counts need a scan
-// only where requests own different numbers of rows (draft_extend).
-template <bool kScanRows>
-__device__ inline Sums block_exclusive_scan(const Sums& v, Sums* total) {
-  __shared__ Sums warp_sum[kWarps];
+// Exclusive scan of the block's Sums; *total gets the block's sum.
+template <bool kScanRows, class T>
+__device__ inline Sums<T> block_exclusive_scan(const Sums<T>& v, Sums<T>* total) {
+  __shared__ Sums<T> warp_sum[kWarps];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  Sums inc = v;
+  Sums<T> inc = v;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
-    const Sums t{__shfl_up_sync(~0u, inc.cache, off), __shfl_up_sync(~0u, inc.nsa, off),
-                 kScanRows ? __shfl_up_sync(~0u, inc.rows, off) : 0};
+    const Sums<T> t{__shfl_up_sync(~0u, inc.cache, off), __shfl_up_sync(~0u, inc.nsa, off),
+                    kScanRows ? __shfl_up_sync(~0u, inc.rows, off) : 0};
     if (lane >= off) inc = inc + t;
   }
   if (lane == 31) warp_sum[w] = inc;
   __syncthreads();
-  Sums before{0, 0, 0}, all{0, 0, 0};
+  Sums<T> before{0, 0, 0}, all{0, 0, 0};
 #pragma unroll
   for (int k = 0; k < kWarps; ++k) {
     if (k < w) before = before + warp_sum[k];
@@ -122,73 +135,73 @@ __device__ inline int bad_kind(const Inputs& in, const Params& p, int64_t i, int
   return 8;
 }
 
-template <Mode M, int kSlots>
+template <Mode M, bool kCheck, int kSlots>
 __device__ void meta_block(const Args<kSlots>& a) {
+  using T = typename std::conditional<kCheck, long long, uint32_t>::type;
   const Inputs& in = a.in;
   const Params& p = a.p;
   const int tid = threadIdx.x;
-  const bool check = p.status != nullptr;
   __shared__ unsigned long long first_bad;
   if (tid == 0) {
-    first_bad = kStatusOk;
-    for (int d = 0; d < a.n_dest; ++d) {
+    if (kCheck) first_bad = kStatusOk;
+    for (int d = 0; d < a.dests(); ++d) {
       a.dest[d].cu_seqlens_k[0] = 0;
       a.dest[d].nsa_cu_seqlens_k[0] = 0;
     }
   }
-  __syncthreads();
+  if (kCheck) __syncthreads();
   // requests per thread: one for small batches (the shortest chain), up to kItems per step
-  const int items = in.bs <= kThreads ? 1 : in.bs < kThreads * kItems ? (in.bs + kThreads - 1) / kThreads : kItems;
-  Sums carry{0, 0, 0};
-  for (int64_t base = 0; base < in.bs; base += int64_t{kThreads} * items) {
-    const int64_t first = base + int64_t{tid} * items;  // this thread's requests
-    const int64_t end = first + items < in.bs ? first + items : in.bs;
+  const int items = a.bs <= kThreads ? 1 : a.bs < kThreads * kItems ? (a.bs + kThreads - 1) / kThreads : kItems;
+  Sums<T> carry{0, 0, 0};
+  for (int32_t base = 0; base < a.bs; base += kThreads * items) {
+    const int32_t first = base + tid * items;  // this thread's requests [first, end)
+    const int32_t end = first < a.bs - items ? first + items : a.bs;
     int64_t raw_lens[kItems], nrows_of[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {  // loads in flight together
       raw_lens[k] = first + k < end ? load_index(in.seq_lens, first + k) : 0;
       nrows_of[k] = first + k < end ? rows_of<M>(in, p.next_n, first + k) : 0;
     }
-    Sums mine{0, 0, 0};
+    Sums<T> mine{0, 0, 0};
 #pragma unroll 1
-    for (int64_t i = first; i < end; ++i, rotate(raw_lens), rotate(nrows_of)) {
-      const int64_t raw = raw_lens[0];
-      const int32_t lens = wrap32(raw);
-      const int64_t nrows = nrows_of[0];
-      mine = mine + Sums{cache_seqlen<M>(lens, p.next_n), nsa_sum<M>(lens, nrows, a.rows, p), nrows};
-      if (check) {
-        const int kind = bad_kind<M>(in, p, i, raw);
+    for (int32_t i = first; i < end; ++i, rotate(raw_lens), rotate(nrows_of)) {
+      const int32_t lens = wrap32(raw_lens[0]);
+      mine = mine + Sums<T>{static_cast<T>(cache_seqlen<M>(lens, p.next_n)),
+                            static_cast<T>(nsa_sum<M>(lens, nrows_of[0], a.rows, p)), nrows_of[0]};
+      if (kCheck) {
+        const int kind = bad_kind<M>(in, p, i, raw_lens[0]);
         if (kind < 8) atomicMin(&first_bad, bad_key(i, kind));
       }
     }
-    Sums total;
-    Sums prefix = block_exclusive_scan<M == Mode::draft_extend>(mine, &total) + carry;
+    Sums<T> total;
+    Sums<T> prefix = block_exclusive_scan<M == Mode::draft_extend>(mine, &total) + carry;
     carry = carry + total;
-    if constexpr (M != Mode::draft_extend) prefix.rows = M == Mode::decode ? first : first * p.next_n;
+    if constexpr (M != Mode::draft_extend) prefix.rows = M == Mode::decode ? first : int64_t{first} * p.next_n;
 #pragma unroll 1
-    for (int64_t i = first; i < end; ++i) {  // (reloads hit L1)
+    for (int32_t i = first; i < end; ++i) {  // (the reloads hit L1)
       const int32_t lens = wrap32(load_index(in.seq_lens, i));
       const int64_t nrows = rows_of<M>(in, p.next_n, i);
       const int32_t cache = cache_seqlen<M>(lens, p.next_n);
       prefix.cache += cache;
-      for (int d = 0; d < a.n_dest; ++d) {
+      for (int d = 0; d < a.dests(); ++d) {
         const Dest& D = a.dest[d];
         D.cache_seqlens[i] = cache;
         D.cu_seqlens_k[i + 1] = wrap32(prefix.cache);
         if constexpr (M == Mode::target_verify) {
           if (D.paged_mqa_ctx_lens_2d != nullptr)
-            for (int64_t j = 0; j < p.next_n; ++j)
+            for (int32_t j = 0; j < p.next_n; ++j)
               D.paged_mqa_ctx_lens_2d[i * D.paged_mqa_stride0 + j * D.paged_mqa_stride1] = cache;
         }
       }
-      bool over = outside_int32(prefix.cache);
-      const int64_t row_end = prefix.rows + nrows < a.rows ? prefix.rows + nrows : a.rows;
-      for (int64_t r = prefix.rows; r < row_end; ++r) {
-        const int64_t e = expanded<M>(lens, nrows, r - prefix.rows);
+      bool over = kCheck && outside_int32(prefix.cache);
+      const int32_t r0 = static_cast<int32_t>(prefix.rows < a.rows ? prefix.rows : a.rows);
+      const int32_t r1 = static_cast<int32_t>(prefix.rows + nrows < a.rows ? prefix.rows + nrows : a.rows);
+      for (int32_t r = r0; r < r1; ++r) {
+        const int64_t e = expanded<M>(lens, nrows, r - r0);
         const int64_t s = sparse(e, p.topk, p.kpool);
-        prefix.nsa += s;
-        over = over || outside_int32(prefix.nsa);
-        for (int d = 0; d < a.n_dest; ++d) {
+        prefix.nsa += static_cast<T>(s);
+        over = over || (kCheck && outside_int32(prefix.nsa));
+        for (int d = 0; d < a.dests(); ++d) {
           const Dest& D = a.dest[d];
           if (M != Mode::decode && D.seqlens_expanded != nullptr) D.seqlens_expanded[r] = static_cast<int32_t>(e);
           D.nsa_cache_seqlens[r] = wrap32(s);
@@ -196,14 +209,14 @@ __device__ void meta_block(const Args<kSlots>& a) {
         }
       }
       prefix.rows += nrows;
-      if (check && over) atomicMin(&first_bad, bad_key(i, kOverflow));
+      if (kCheck && over) atomicMin(&first_bad, bad_key(i, kOverflow));
     }
   }
-  if (check) {
+  if (kCheck) {
     __syncthreads();
     if (tid == 0) {
       unsigned long long bad = first_bad;
-      if (bad == kStatusOk && M == Mode::draft_extend && carry.rows != a.rows) bad = bad_key(in.bs, kBadTotal);
+      if (bad == kStatusOk && M == Mode::draft_extend && carry.rows != a.rows) bad = bad_key(a.bs, kBadTotal);
       *p.status = bad;
     }
   }
@@ -213,13 +226,13 @@ __device__ void meta_block(const Args<kSlots>& a) {
 
 // p[i0] = sum(max(extend_lens[:i0], 0)) (draft_extend), summed by the whole block.
 template <int kSlots>
-__device__ int64_t rows_before(const Args<kSlots>& a, int64_t i0) {
+__device__ int64_t rows_before(const Args<kSlots>& a, int32_t i0) {
   __shared__ long long warp_sum[kWarps];
   long long part[4] = {0, 0, 0, 0};  // independent loads in flight
-  for (int64_t k = threadIdx.x; k < i0; k += 4 * kThreads) {
+  for (int32_t k = threadIdx.x; k < i0; k += 4 * kThreads) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int64_t kk = k + u * kThreads;
+      const int64_t kk = int64_t{k} + u * kThreads;
       if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
     }
   }
@@ -234,8 +247,7 @@ __device__ int64_t rows_before(const Args<kSlots>& a, int64_t i0) {
   return all;
 }
 
-// Columns are int32 (max_len <= INT32_MAX), so the page arithmetic is 32-bit: no 64-bit
-// division subroutine, no spills.
+// Columns are int32 (max_len <= INT32_MAX), so the page arithmetic is 32-bit.
 template <int kSlots>
 __device__ inline int32_t page_of_col(const Args<kSlots>& a, int32_t c) {
   return a.ps_shift >= 0 ? c >> a.ps_shift : static_cast<int32_t>(static_cast<uint32_t>(c) / a.p.page_size);
@@ -254,26 +266,21 @@ __device__ inline int64_t next_page_start(const Args<kSlots>& a, int32_t c) {
 // The rows of one request: decode's single row is a compile-time count.
 template <Mode M>
 struct Rows {
-  int64_t r0, n;
-  __device__ int64_t count() const { return M == Mode::decode ? 1 : n; }
+  int32_t r0, n;
+  __device__ int32_t count() const { return M == Mode::decode ? 1 : n; }
 };
 
-template <Mode M>
-__device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, int32_t v) {
+template <Mode M, class V>
+__device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, V v) {
 #pragma unroll 1
-  for (int64_t r = 0; r < rows.count(); ++r) row0[r * stride] = v;
-}
-template <Mode M>
-__device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, int4 v) {
-#pragma unroll 1
-  for (int64_t r = 0; r < rows.count(); ++r) *reinterpret_cast<int4*>(row0 + r * stride) = v;
+  for (int32_t r = 0; r < rows.count(); ++r, row0 += stride) *reinterpret_cast<V*>(row0) = v;
 }
 
 // Real-table column rc of the rows, in every destination that has a real table.
 template <Mode M, int kSlots>
 __device__ inline void store_real(const Args<kSlots>& a, Rows<M> rows, int32_t rc, int32_t page) {
 #pragma unroll 1
-  for (int d = 0; d < a.n_dest; ++d) {
+  for (int d = 0; d < a.dests(); ++d) {
     const Dest& D = a.dest[d];
     if (D.real_page_table != nullptr)
       fill(D.real_page_table + rows.r0 * D.real_page_table_stride + rc, D.real_page_table_stride, rows, page);
@@ -286,7 +293,7 @@ template <int kTables, Mode M, int kSlots, class V>
 __device__ inline void store(const Args<kSlots>& a, Rows<M> rows, int32_t c, V v) {
   constexpr int kWidth = sizeof(V) / sizeof(int32_t);
 #pragma unroll 1
-  for (int d = 0; d < a.n_dest; ++d) {
+  for (int d = 0; d < a.dests(); ++d) {
     const Dest& D = a.dest[d];
     if (D.page_table_1 != nullptr)
       fill(D.page_table_1 + rows.r0 * D.page_table_1_stride + c, D.page_table_1_stride, rows, v);
@@ -311,7 +318,7 @@ __device__ inline void store(const Args<kSlots>& a, Rows<M> rows, int32_t c, V v
 template <Mode M, int kSlots>
 __device__ inline bool same_phase(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, unsigned* phase) {
   unsigned ph = src != nullptr ? (reinterpret_cast<uintptr_t>(src) >> 2) & 3u : 4u;
-  for (int d = 0; d < a.n_dest; ++d) {
+  for (int d = 0; d < a.dests(); ++d) {
     const Dest& D = a.dest[d];
     if (D.page_table_1 == nullptr) continue;
     const unsigned mine = (reinterpret_cast<uintptr_t>(D.page_table_1 + rows.r0 * D.page_table_1_stride) >> 2) & 3u;
@@ -327,20 +334,19 @@ __device__ inline bool same_phase(const Args<kSlots>& a, const int32_t* src, Row
 template <int kTables, Mode M, int kSlots>
 __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, int32_t n_cols, int32_t s) {
   const int tid = threadIdx.x;
-  const int32_t splits = static_cast<int32_t>(a.splits);
-  const int32_t round = splits * kUnroll;  // steps between this program's rounds
+  const int32_t round = a.splits * kUnroll;  // steps between this program's rounds
   if constexpr (kTables == kRealTable) {  // real-only: one element per page is all it needs
     const int32_t n_real = page_of_col(a, static_cast<int32_t>(next_page_start(a, n_cols)));
     for (int32_t m = s; m * kThreads < n_real; m += round) {
       int32_t v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int32_t rc = (m + u * splits) * kThreads + tid;
+        const int32_t rc = (m + u * a.splits) * kThreads + tid;
         v[u] = (rc < n_real && src != nullptr) ? __ldg(src + int64_t{rc} * a.p.page_size) : -1;
       }
 #pragma unroll 1
       for (int u = 0; u < kUnroll; ++u, rotate(v)) {
-        const int32_t rc = (m + u * splits) * kThreads + tid;
+        const int32_t rc = (m + u * a.splits) * kThreads + tid;
         if (rc < n_real) store_real(a, rows, rc, page_of_token(a, v[0]));
       }
     }
@@ -361,18 +367,18 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
       int4 v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int32_t k = (m + u * splits) * kThreads + tid;
+        const int32_t k = (m + u * a.splits) * kThreads + tid;
         v[u] = (k < nvec && src != nullptr) ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
       }
 #pragma unroll 1
       for (int u = 0; u < kUnroll; ++u, rotate(v)) {
-        const int32_t k = (m + u * splits) * kThreads + tid;
+        const int32_t k = (m + u * a.splits) * kThreads + tid;
         if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[0]);
       }
     }
     return;
   }
-  for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += splits) {  // scalar: rows out of phase
+  for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += a.splits) {  // scalar: rows out of phase
     int32_t v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -388,25 +394,24 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
 }
 
 template <Mode M, int kTables, int kSlots>
-__device__ void page_program(const Args<kSlots>& a, int32_t program) {
+__device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   const Inputs& in = a.in;
   const Params& p = a.p;
-  const int32_t groups = static_cast<int32_t>(a.groups);  // <= the launcher's target: 32-bit
-  const int32_t g = program % groups, s = program / groups;  // every group's split 0 first
-  const int64_t i0 = int64_t{g} * a.per_group;
-  const int64_t i1 = i0 + a.per_group < in.bs ? i0 + a.per_group : in.bs;
+  const int32_t i0 = g * a.per_group;  // < bs
+  const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
   int64_t next_row = 0;
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int32_t i = i0; i < i1; ++i) {
     // the loads first, in flight together: the chain to the copy is two loads deep
     const int64_t q = load_index(in.req_pool_indices, i);
     const int32_t lens = wrap32(load_index(in.seq_lens, i));
-    Rows<M> rows{M == Mode::decode ? i : i * p.next_n, rows_of<M>(in, p.next_n, i)};
+    const int64_t n = rows_of<M>(in, p.next_n, i);
+    Rows<M> rows{M == Mode::decode ? i : i * p.next_n, static_cast<int32_t>(n)};
     if constexpr (M == Mode::draft_extend) {
       if (i == i0) next_row = rows_before(a, i0);  // (the whole block, once)
-      rows.r0 = next_row;
-      next_row += rows.n;
-      if (rows.r0 >= a.rows) return;
-      if (rows.n > a.rows - rows.r0) rows.n = a.rows - rows.r0;
+      if (next_row >= a.rows) return;
+      rows.r0 = static_cast<int32_t>(next_row);
+      rows.n = static_cast<int32_t>(n < a.rows - next_row ? n : a.rows - next_row);
+      next_row += n;
     }
     if (rows.count() <= 0) continue;
     const int32_t* src = (q >= 0 && q < in.pool_rows) ? in.req_to_token + q * in.row_stride : nullptr;
@@ -417,10 +422,14 @@ __device__ void page_program(const Args<kSlots>& a, int32_t program) {
 
 template <Mode M, int kTables, int kSlots>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
-  if (blockIdx.x == 0) {
-    meta_block<M>(a);
-  } else {
-    page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
+  if (blockIdx.x > 0) {
+    page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
+  } else if (blockIdx.y == 0) {
+    if (a.p.status != nullptr) {
+      meta_block<M, true>(a);
+    } else {
+      meta_block<M, false>(a);
+    }
   }
 }
 

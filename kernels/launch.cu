@@ -36,7 +36,7 @@ cudaError_t sm_count(int device, int* n) {
 
 struct Grid {
   int64_t groups = 0, per_group = 1, splits = 1;
-  int64_t blocks() const { return 1 + groups * splits; }
+  dim3 dims() const { return dim3(static_cast<unsigned>(1 + groups), static_cast<unsigned>(splits)); }
 };
 
 // How a call is cut into page programs: about `target` programs in all, so the grid depends
@@ -66,15 +66,15 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
   for (int d = 0; d < out.n; ++d) a.dest[d] = out.dest[d];
   a.n_dest = out.n;
   a.p = p;
-  a.rows = shape.rows;
-  a.groups = grid.groups;
-  a.per_group = grid.per_group;
-  a.splits = grid.splits;
+  a.bs = static_cast<int32_t>(in.bs);
+  a.rows = static_cast<int32_t>(shape.rows);
+  a.per_group = static_cast<int32_t>(grid.per_group);
+  a.splits = static_cast<int32_t>(grid.splits);
   a.ps_shift = log2_exact(p.page_size);
   void* args[] = {&a};
   // The launch's own return code: an earlier error elsewhere is neither reported nor cleared.
-  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>),
-                          dim3(static_cast<unsigned>(grid.blocks())), dim3(kThreads), args, 0, stream);
+  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(),
+                          dim3(kThreads), args, 0, stream);
 }
 
 using LaunchFn = cudaError_t (*)(const Inputs&, const Outputs&, const Params&, const Shape&, const Grid&,
@@ -141,6 +141,7 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
       (in.pool_rows > 0 && p.max_len > 0 && in.req_to_token == nullptr))
     return kBadArgument;
   const Shape shape = shape_of(p.mode, in.bs, p.next_n, p.total, p.max_len, p.page_size);
+  if (in.bs > kInt32Max || shape.rows > kInt32Max) return kBadArgument;  // SPEC: int32 counts
   int tables = 0;
   for (int d = 0; d < out.n; ++d) {
     const Dest& D = out.dest[d];
@@ -161,7 +162,8 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     int sms = 0;
     cudaError_t err = sm_count(device, &sms);
     if (err != cudaSuccess) return err;
-    const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);  // <= 1 + target blocks
+    // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
+    const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
     return choose_kernel(p.mode, tables, out.n)(in, out, p, shape, grid, stream);
   });
 }
