@@ -101,14 +101,14 @@ int32_t* poisoned(size_t n) {
 bool same(const char* what, const Case& c, int32_t* dev, const std::vector<int32_t>& want) {
   std::vector<int32_t> got(want.size());
   if (!want.empty()) CHECK_CUDA(cudaMemcpy(got.data(), dev, want.size() * 4, cudaMemcpyDeviceToHost));
-  for (size_t k = 0; k < want.size(); ++k) {
-    if (got[k] != want[k]) {
-      std::fprintf(stderr, "mismatch %s[%zu]: got %d want %d (mode %d bs %d max_len %d ps %d live %d)\n", what, k,
-                   got[k], want[k], (int)c.mode, c.bs, c.max_len, c.page_size, (int)c.live);
-      return false;
-    }
-  }
-  return true;
+  size_t bad = 0, first = 0;
+  for (size_t k = 0; k < want.size(); ++k)
+    if (got[k] != want[k] && bad++ == 0) first = k;
+  if (bad > 0)
+    std::fprintf(stderr, "%zu mismatches in %s, first [%zu]: got %d want %d (mode %d bs %d max_len %d ps %d live %d "
+                 "next_n %d ndest %d)\n", bad, what, first, got[first], want[first], (int)c.mode, c.bs, c.max_len,
+                 c.page_size, (int)c.live, c.next_n, c.ndest);
+  return bad == 0;
 }
 
 bool run_case(const Case& c, std::mt19937_64& rng) {
@@ -158,6 +158,9 @@ bool run_case(const Case& c, std::mt19937_64& rng) {
     if (c.pt1) { D.page_table_1 = poisoned(want.rows * c.max_len); D.page_table_1_stride = c.max_len; }
     if (c.real) { D.real_page_table = poisoned(want.rows * width); D.real_page_table_stride = width; }
   }
+  // A pageable cudaMemcpy may return before its DMA lands, and the non-blocking stream below
+  // does not wait for the legacy stream: without this, late poison can overwrite the result.
+  CHECK_CUDA(cudaDeviceSynchronize());
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaError_t err;
