@@ -76,9 +76,10 @@ __device__ inline Sums<T> operator-(const Sums<T>& a, const Sums<T>& b) {
   return {static_cast<T>(a.cache - b.cache), static_cast<T>(a.nsa - b.nsa), a.rows - b.rows};
 }
 
-// Exclusive scan of the block's Sums; *total gets the block's sum.
+// Exclusive scan of the block's Sums; *total gets the block's sum. one_warp: only warp 0 holds
+// values (bs <= 32), so its own scan is the block's, without a barrier.
 template <bool kScanRows, class T>
-__device__ inline Sums<T> block_exclusive_scan(const Sums<T>& v, Sums<T>* total) {
+__device__ inline Sums<T> block_exclusive_scan(const Sums<T>& v, Sums<T>* total, bool one_warp) {
   __shared__ Sums<T> warp_sum[kWarps];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   Sums<T> inc = v;
@@ -87,6 +88,11 @@ __device__ inline Sums<T> block_exclusive_scan(const Sums<T>& v, Sums<T>* total)
     const Sums<T> t{__shfl_up_sync(~0u, inc.cache, off), __shfl_up_sync(~0u, inc.nsa, off),
                     kScanRows ? __shfl_up_sync(~0u, inc.rows, off) : 0};
     if (lane >= off) inc = inc + t;
+  }
+  if (one_warp) {  // (a uniform branch: the last step of every warp's loop agrees)
+    *total = {__shfl_sync(~0u, inc.cache, 31), __shfl_sync(~0u, inc.nsa, 31),
+              kScanRows ? __shfl_sync(~0u, inc.rows, 31) : 0};
+    return inc - v;
   }
   if (lane == 31) warp_sum[w] = inc;
   __syncthreads();
@@ -162,6 +168,9 @@ __device__ void meta_block(const Args<kSlots>& a) {
       raw_lens[k] = first + k < end ? load_index(in.seq_lens, first + k) : 0;
       nrows_of[k] = first + k < end ? rows_of<M>(in, p.next_n, first + k) : 0;
     }
+    int64_t lens_of[kItems];  // phase 3 reads these too: no second round trip
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) lens_of[k] = raw_lens[k];
     Sums<T> mine{0, 0, 0};
 #pragma unroll 1
     for (int32_t i = first; i < end; ++i, rotate(raw_lens), rotate(nrows_of)) {
@@ -174,13 +183,13 @@ __device__ void meta_block(const Args<kSlots>& a) {
       }
     }
     Sums<T> total;
-    Sums<T> prefix = block_exclusive_scan<M == Mode::draft_extend>(mine, &total) + carry;
+    Sums<T> prefix = block_exclusive_scan<M == Mode::draft_extend>(mine, &total, a.bs <= 32) + carry;
     carry = carry + total;
     if constexpr (M != Mode::draft_extend) prefix.rows = M == Mode::decode ? first : int64_t{first} * p.next_n;
 #pragma unroll 1
-    for (int32_t i = first; i < end; ++i) {  // (the reloads hit L1)
-      const int32_t lens = wrap32(load_index(in.seq_lens, i));
-      const int64_t nrows = rows_of<M>(in, p.next_n, i);
+    for (int32_t i = first; i < end; ++i, rotate(lens_of)) {
+      const int32_t lens = wrap32(lens_of[0]);
+      const int64_t nrows = rows_of<M>(in, p.next_n, i);  // (a reload hits L1)
       const int32_t cache = cache_seqlen<M>(lens, p.next_n);
       prefix.cache += cache;
       for (int d = 0; d < a.dests(); ++d) {
@@ -358,10 +367,11 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
     if (h > n_cols) h = n_cols;
     const int32_t nvec = (n_cols - h) / 4;
     const int32_t tail = h + 4 * nvec;
-    if (s == 0 && tid < 8) {  // threads 0-3: the head columns, 4-7: the tail columns
-      const int32_t c = tid < 4 ? tid : tail + tid - 4;
-      if (c < (tid < 4 ? h : n_cols)) store<kTables>(a, rows, c, src ? __ldg(src + c) : -1);
-    }
+    // threads 0-3 of split 0: the head columns, 4-7: the tail columns; loaded here, stored
+    // last, so their load is in flight with the others instead of ahead of them
+    const int32_t edge = tid < 4 ? tid : tail + tid - 4;
+    const bool has_edge = s == 0 && tid < 8 && edge < (tid < 4 ? h : n_cols);
+    const int32_t edge_v = has_edge && src != nullptr ? __ldg(src + edge) : -1;
     const int4* vsrc = src != nullptr ? reinterpret_cast<const int4*>(src + h) : nullptr;
     for (int32_t m = s; m * kThreads < nvec; m += round) {
       int4 v[kUnroll];
@@ -376,6 +386,7 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
         if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[0]);
       }
     }
+    if (has_edge) store<kTables>(a, rows, edge, edge_v);
     return;
   }
   for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += a.splits) {  // scalar: rows out of phase
