@@ -294,10 +294,13 @@ def label(mode, bs, ctx, opts):
 def target_us(r):
     """The issue's GPU target for a row: live rows <= 0.9x SGLang's kernel (the lower of this
     run's and its main branch's, TRITON_MAIN) or <= 1.2x the live copy floor, whichever is larger;
-    live=False rows moving >= 16 MB <= 1.1x the copy floor. None: no target."""
+    real-table-only rows <= 0.9x SGLang's kernel with its wide table dropped; live=False rows
+    moving >= 16 MB <= 1.1x the copy floor. None: no target."""
     if r["live"] or r["real_only"]:
         peers = [x for x in (r.get("sglang_gpu_us"), TRITON_MAIN.get(r["key"])) if x is not None]
-        return max(0.9 * min(peers), 1.2 * r["floor_gpu_us"]) if peers else None
+        if not peers:
+            return None
+        return 0.9 * min(peers) if r["real_only"] else max(0.9 * min(peers), 1.2 * r["floor_gpu_us"])
     return 1.1 * r["floor_gpu_us"] if r["bytes"] >= 16e6 else None
 
 
