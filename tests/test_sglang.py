@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from nsa_metadata import _core, _plans
+from nsa_metadata import _plans
 from nsa_metadata import sglang as sg
 import fakes
 from fakes import SENTINEL, FakeTensor
