@@ -437,3 +437,13 @@ def test_one_call_with_n_destinations_replaces_build_then_copy():
                 n = -(-min(int(lens[r]), W) // ps)
                 np.testing.assert_array_equal(be[k][r, :n], cp[k][r, :n], err_msg=f"{k} row {r}")
                 assert (be[k][r, n:] == POISON).all()
+
+
+def test_host_time_script_says_what_is_missing():
+    script = "benchmarks/sglang_host.py"
+    code = ("import runpy, sys\nsys.modules['torch'] = None\n"
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 2 and "needs torch" in r.stderr
