@@ -447,3 +447,33 @@ def test_host_time_script_says_what_is_missing():
     root = pathlib.Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert r.returncode == 2 and "needs torch" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the device
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode, page_size, wide, static", [
+    ("decode", 64, True, False), ("decode", 64, False, False), ("decode", 1, True, False),
+    ("target_verify", 64, True, False), ("target_verify", 1, True, False),
+    ("draft_extend", 64, True, False), ("draft_extend", 64, False, True),
+    ("draft_extend", 1, True, True)])
+def test_device_equals_the_reference_and_binds_once(mode, page_size, wide, static):
+    torch = pytest.importorskip("torch")
+    d = batch(30, ext_lens=[3] * CAP if static else None)
+    b = buffers(mode, page_size, wide, ctx=mode == "target_verify")
+    want = expected(mode, d, b, page_size=page_size, static=static)
+    dd = {k: torch.from_numpy(v).cuda() if isinstance(v, np.ndarray) else v for k, v in d.items()}
+    db = {k: None if v is None else torch.from_numpy(v).cuda() for k, v in b.items()}
+    if page_size == 1 and wide:
+        db["real_page_table"] = db["page_table_1"]
+    for _ in range(3):
+        call_sglang(mode, dd, db, page_size=page_size, static=static)
+    torch.cuda.synchronize()
+    assert len(sg._BOUND) == 1, "one plan for one set of buffers"
+    assert_same({k: None if v is None else v.cpu().numpy() for k, v in db.items()}, want)
+    g = torch.cuda.CUDAGraph()  # and capturable: a hit launches, nothing else
+    with torch.cuda.graph(g):
+        call_sglang(mode, dd, db, page_size=page_size, static=static)
+    g.replay()
+    torch.cuda.synchronize()
+    assert_same({k: None if v is None else v.cpu().numpy() for k, v in db.items()}, want)
