@@ -149,19 +149,18 @@ def _explain(e: ValueError, mode: str, seq_lens: Any, pool: Any, ext: Any, table
     return e
 
 
-def _run(mode: str, seq_lens: Any, pool: Any, ext: Any, table: Any, md: Metadata, bs: Any,
-         max_len: Any, total: Any, *, topk: Any, kpool: Any, page_size: Any, next_n: Any,
-         static: bool, page_name: str, max_name: str) -> None:
+def _run(mode: str, seq_lens: Any, pool: Any, ext: Any, table: Any,
+         persistent: Tuple[Any, ...], bs: Any, max_len: Any, total: Any, *, topk: Any,
+         kpool: Any, page_size: Any, next_n: Any, static: bool, page_name: str,
+         max_name: str) -> None:
     """One SGLang call: the bound plan of its buffers, launched for this step (bs, max_len,
-    total) on the current stream; a new plan when there is none."""
+    total) on the current stream; a new plan when there is none. `persistent`: the outputs in
+    SPEC's field order (a Metadata is built only to bind)."""
     try:
         bs, max_len = _step_int("bs", bs), _step_int("max_len", max_len)
         total = _step_int("total", total)
         if bs == 0:  # as SGLang: only the zero heads of the cumulative sums
             max_len = total = 0
-        persistent = (md.cache_seqlens, md.cu_seqlens_k, md.nsa_cache_seqlens,
-                      md.nsa_cu_seqlens_k, md.page_table_1, md.real_page_table,
-                      md.seqlens_expanded, md.paged_mqa_ctx_lens_2d)
         index = (seq_lens, pool) if ext is None else (seq_lens, pool, ext)
         keyed = _key(mode, index, table, persistent, (topk, kpool, page_size, next_n, static))
         if keyed is not None:
@@ -172,10 +171,11 @@ def _run(mode: str, seq_lens: Any, pool: Any, ext: Any, table: Any, md: Metadata
                 try:
                     hit.plan.launch(bs, max_len, total, hit.stream())
                 except ValueError as e:
-                    raise _explain(e, mode, seq_lens, pool, ext, table, md, bs, max_len, total,
-                                   static, topk=topk, kpool=kpool, page_size=page_size,
-                                   next_n=next_n) from None
+                    raise _explain(e, mode, seq_lens, pool, ext, table, Metadata(*persistent),
+                                   bs, max_len, total, static, topk=topk, kpool=kpool,
+                                   page_size=page_size, next_n=next_n) from None
                 return
+        md = Metadata(*persistent)
         prep = _bind(mode, seq_lens, pool, ext, table, md, topk=topk, kpool=kpool,
                      page_size=page_size, next_n=next_n, static=static)
         stream = prep._current_stream
@@ -225,8 +225,8 @@ def fused_dsa_decode_metadata(seq_lens: Any, req_pool_indices: Any, req_to_token
     """
     page, page_name = _page_size(physical_page_size, real_page_size)
     pt1, real = _tables(page, page_table_1, real_page_table)
-    md = Metadata(cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real)
-    _run("decode", seq_lens, req_pool_indices, None, req_to_token, md, bs, max_len, 0,
+    outs = (cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real, None, None)
+    _run("decode", seq_lens, req_pool_indices, None, req_to_token, outs, bs, max_len, 0,
          topk=dsa_index_topk, kpool=index_kpool, page_size=page, next_n=1, static=False,
          page_name=page_name, max_name="max_len")
 
@@ -250,9 +250,9 @@ def fused_dsa_target_verify_metadata(seq_lens: Any, req_pool_indices: Any, req_t
     if next_n is None:
         raise TypeError("fused_dsa_target_verify_metadata needs next_n")
     pt1, real = _tables(page, page_table_1, real_page_table)
-    md = Metadata(cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real,
-                  seqlens_expanded, paged_mqa_ctx_lens_2d)
-    _run("target_verify", seq_lens, req_pool_indices, None, req_to_token, md, bs, max_seqlen_k,
+    outs = (cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real,
+            seqlens_expanded, paged_mqa_ctx_lens_2d)
+    _run("target_verify", seq_lens, req_pool_indices, None, req_to_token, outs, bs, max_seqlen_k,
          0, topk=dsa_index_topk, kpool=index_kpool, page_size=page, next_n=next_n, static=False,
          page_name=page_name, max_name="max_seqlen_k")
 
@@ -290,9 +290,9 @@ def fused_dsa_draft_extend_metadata(seq_lens: Any, extend_seq_lens: Any, req_poo
             raise ValueError(f"total_len = {total_len} exceeds bs * max_extend_len = "
                              f"{bs} * {max_extend_len}")
     pt1, real = _tables(page, page_table_1, real_page_table)
-    md = Metadata(cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real,
-                  seqlens_expanded)
-    _run("draft_extend", seq_lens, req_pool_indices, extend_seq_lens, req_to_token, md, bs,
+    outs = (cache_seqlens, cu_seqlens_k, dsa_cache_seqlens, dsa_cu_seqlens_k, pt1, real,
+            seqlens_expanded, None)
+    _run("draft_extend", seq_lens, req_pool_indices, extend_seq_lens, req_to_token, outs, bs,
          max_seqlen_k, total_len, topk=dsa_index_topk, kpool=index_kpool, page_size=page,
          next_n=1, static=static, page_name=page_name, max_name="max_seqlen_k")
 
