@@ -190,11 +190,12 @@ NB_MODULE(_core, m) {
       .def_ro("table_width", &nsa::Inputs::table_width)
       .def_ro("row_stride", &nsa::Inputs::row_stride);
 
-  nb::class_<nsa::Dest>(m, "Dest", "One destination set: int32 addresses (0: not written), row strides in elements.")
+  nb::class_<nsa::Dest>(m, "Dest", "One destination set: int32 addresses (0: not written), strides in elements.")
       .def("__init__",
            [](nsa::Dest* d, uintptr_t cache_seqlens, uintptr_t cu_seqlens_k, uintptr_t nsa_cache_seqlens,
               uintptr_t nsa_cu_seqlens_k, uintptr_t seqlens_expanded, uintptr_t page_table_1,
-              int64_t page_table_1_stride, uintptr_t real_page_table, int64_t real_page_table_stride) {
+              int64_t page_table_1_stride, uintptr_t real_page_table, int64_t real_page_table_stride,
+              uintptr_t paged_mqa_ctx_lens_2d, int64_t paged_mqa_stride0, int64_t paged_mqa_stride1) {
              new (d) nsa::Dest{};
              d->cache_seqlens = ptr<int32_t>(cache_seqlens);
              d->cu_seqlens_k = ptr<int32_t>(cu_seqlens_k);
@@ -205,10 +206,16 @@ NB_MODULE(_core, m) {
              d->page_table_1_stride = page_table_1_stride;
              d->real_page_table = ptr<int32_t>(real_page_table);
              d->real_page_table_stride = real_page_table_stride;
+             d->paged_mqa_ctx_lens_2d = ptr<int32_t>(paged_mqa_ctx_lens_2d);
+             d->paged_mqa_stride0 = paged_mqa_stride0;
+             d->paged_mqa_stride1 = paged_mqa_stride1;
            },
            nb::kw_only(), "cache_seqlens"_a = 0, "cu_seqlens_k"_a = 0, "nsa_cache_seqlens"_a = 0,
            "nsa_cu_seqlens_k"_a = 0, "seqlens_expanded"_a = 0, "page_table_1"_a = 0,
-           "page_table_1_stride"_a = 0, "real_page_table"_a = 0, "real_page_table_stride"_a = 0)
+           "page_table_1_stride"_a = 0, "real_page_table"_a = 0, "real_page_table_stride"_a = 0,
+           "paged_mqa_ctx_lens_2d"_a = 0, "paged_mqa_stride0"_a = 0, "paged_mqa_stride1"_a = 0,
+           "paged_mqa_ctx_lens_2d (target_verify, optional): [bs, next_n] with strides "
+           "paged_mqa_stride0/1 in elements.")
       .def_prop_ro("cache_seqlens", [](const nsa::Dest& d) { return addr(d.cache_seqlens); })
       .def_prop_ro("cu_seqlens_k", [](const nsa::Dest& d) { return addr(d.cu_seqlens_k); })
       .def_prop_ro("nsa_cache_seqlens", [](const nsa::Dest& d) { return addr(d.nsa_cache_seqlens); })
@@ -217,7 +224,10 @@ NB_MODULE(_core, m) {
       .def_prop_ro("page_table_1", [](const nsa::Dest& d) { return addr(d.page_table_1); })
       .def_ro("page_table_1_stride", &nsa::Dest::page_table_1_stride)
       .def_prop_ro("real_page_table", [](const nsa::Dest& d) { return addr(d.real_page_table); })
-      .def_ro("real_page_table_stride", &nsa::Dest::real_page_table_stride);
+      .def_ro("real_page_table_stride", &nsa::Dest::real_page_table_stride)
+      .def_prop_ro("paged_mqa_ctx_lens_2d", [](const nsa::Dest& d) { return addr(d.paged_mqa_ctx_lens_2d); })
+      .def_ro("paged_mqa_stride0", &nsa::Dest::paged_mqa_stride0)
+      .def_ro("paged_mqa_stride1", &nsa::Dest::paged_mqa_stride1);
 
   nb::class_<Capacity>(m, "Capacity", "The most a plan's buffers hold.")
       .def("__init__",

@@ -51,6 +51,9 @@ class FakeTensor:
     def __getitem__(self, index):
         return FakeTensor(self.a[index], self.device)
 
+    def expand(self, n):
+        return FakeTensor(np.broadcast_to(self.a, (n,)), self.device)
+
 
 class Recorder:
     """Everything the API asks of the (fake) device layer, in order."""

@@ -43,7 +43,8 @@ def out_for(mode, inp):
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
     full = lambda *shape: np.full(shape, POISON, np.int32)  # noqa: E731
     return nm.Metadata(full(bs), full(bs + 1), full(rows), full(rows + 1), full(rows, MAX_LEN),
-                       full(rows, -(-MAX_LEN // PAGE)), None if mode == "decode" else full(rows))
+                       full(rows, -(-MAX_LEN // PAGE)), None if mode == "decode" else full(rows),
+                       full(bs, inp["next_n"]) if mode == "target_verify" else None)
 
 
 def vars_of(md):
@@ -223,7 +224,8 @@ def test_seq_lens_on_another_device_than_the_rest(rec, mode):
 
 
 @pytest.mark.parametrize("mode, field", [(m, f) for m in MODES for f in nm.Metadata.__slots__
-                                          if f != "seqlens_expanded" or m != "decode"])
+                                          if (f != "seqlens_expanded" or m != "decode")
+                                          and (f != "paged_mqa_ctx_lens_2d" or m == "target_verify")])
 def test_output_on_another_device(rec, mode, field):
     inp = inputs(mode)
     md = out_for(mode, inp)

@@ -85,6 +85,12 @@ def oracle(c):
             "page_table_1": pt1, "real_page_table": real}
 
 
+def oracle_ctx_2d(c):
+    """target_verify's paged_mqa_ctx_lens_2d: cache_seqlens[i] in each of next_n columns."""
+    cache, _ = layout(c)
+    return [[v] * c["next_n"] for v in cache]
+
+
 def live_extent(c):
     """Per row: (page_table_1 columns, real_page_table columns) that live=True writes."""
     _, rows = layout(c)
@@ -187,9 +193,12 @@ def run(c, **kw):
                 page_size=c["page_size"], **kw)
 
 
+CTX_2D = "paged_mqa_ctx_lens_2d"  # never allocated: checked in a buffer of the caller's
+
+
 def as_lists(md):
     return {f: None if getattr(md, f) is None else getattr(md, f).tolist()
-            for f in nm.Metadata.__slots__}
+            for f in nm.Metadata.__slots__ if f != CTX_2D}
 
 
 # ----------------------------------------------------------------------------- properties
@@ -202,7 +211,8 @@ def test_every_output_equals_the_python_oracle(c):
     rows = len(want["nsa_cache_seqlens"])
     shapes = {"page_table_1": (rows, c["max_len"]),
               "real_page_table": (rows, -(-c["max_len"] // c["page_size"]))}
-    for f in nm.Metadata.__slots__:
+    assert md.paged_mqa_ctx_lens_2d is None, "never allocated"
+    for f in got:
         if want[f] is None:
             assert got[f] is None, f
             continue
@@ -211,6 +221,13 @@ def test_every_output_equals_the_python_oracle(c):
         assert got[f] == want[f], f
     if c["page_size"] == 1:
         assert md.real_page_table is md.page_table_1
+    if c["mode"] == "target_verify":  # into a transposed, strided view of a poisoned buffer
+        bs, n = len(c["seq_lens"]), c["next_n"]
+        base = np.full((n + 1, 2 * bs), POISON, np.int32)
+        md.paged_mqa_ctx_lens_2d = base[1:, ::2].T
+        run(c, out=md)
+        assert md.paged_mqa_ctx_lens_2d.tolist() == oracle_ctx_2d(c)
+        assert (base[0] == POISON).all() and (base[1:, 1::2] == POISON).all()
 
 
 @SETTINGS

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, TypeVar, overload
 
 from . import _arrays, _core, _host, _plans, _validate
 from ._arrays import Array, Stream
-from ._metadata import FIELDS, Metadata
+from ._metadata import CTX_2D, FIELDS, Metadata
 
 Outs = TypeVar("Outs", bound=Sequence[Metadata])
 
@@ -77,7 +77,7 @@ def _allocate(c: _validate.Call, stream: Optional[int]) -> Metadata:
     """New outputs for call `c`, with its inputs' library on their device, for `stream`."""
     want = _validate.shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size)
     md = Metadata(**{f: None if s is None else _arrays.empty(c.lib, c.device, s, stream)
-                     for f, s in want.items() if f != "real_page_table"})
+                     for f, s in want.items() if f not in ("real_page_table", CTX_2D)})
     real = want["real_page_table"]
     assert real is not None
     md.real_page_table = (md.page_table_1 if c.page_size == 1 else
@@ -307,8 +307,8 @@ class Prepared:
         self.next_n = _validate.integer("next_n", next_n, 1) if mode == "target_verify" else 1
         self.inputs = _validate.inputs(mode, seq_lens, req_pool_indices, req_to_token, extend_lens)
         self.device = self.inputs[0].device
-        self.outs, dests, spans = _validate.destinations(out, _validate.whole(mode), self.device,
-                                                         self.page_size)
+        self.outs, dests, spans = _validate.destinations(out, _validate.whole(mode, self.next_n),
+                                                         self.device, self.page_size)
         _validate.check_disjoint(spans + _validate.input_spans(self.inputs))
         self.capacity = _validate.capacity(mode, dests, self.next_n, self.inputs[0].shape[0])
         self._plan = _plans.bind(mode, self.inputs, dests, self.capacity, topk=self.topk,

@@ -165,6 +165,20 @@ def quick_keys(is_torch: bool, arrays: Sequence[Any]) -> List[Any]:
     return [None if a is None else (a.data.ptr, a.shape) for a in arrays]
 
 
+def repeat_first(x: Any, n: int) -> Any:
+    """A view of `n` copies of x[0] (element stride 0) in x's own library, without a copy;
+    x[:0] when n is 0. For an input only: the copies share one address."""
+    if n == 0:
+        return x[:0]
+    if isinstance(x, np.ndarray):
+        return np.broadcast_to(x[:1], (n,))
+    keyed = keyed_type(x)
+    if keyed is not None:
+        return x[:1].expand(n) if keyed[1] else _cupy().broadcast_to(x[:1], (n,))
+    raise TypeError(f"cannot view {type(x).__name__} with a zero stride; pass a NumPy, torch or "
+                    "CuPy array")
+
+
 def writeable(a: Arr) -> bool:
     """False only for arrays their library marks read-only (NumPy)."""
     return a.lib != "numpy" or bool(a.obj.flags.writeable)

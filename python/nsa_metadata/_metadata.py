@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 FIELDS = ("cache_seqlens", "cu_seqlens_k", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-          "page_table_1", "real_page_table", "seqlens_expanded")
+          "page_table_1", "real_page_table", "seqlens_expanded", "paged_mqa_ctx_lens_2d")
 TABLES = ("page_table_1", "real_page_table")
+CTX_2D = "paged_mqa_ctx_lens_2d"  # target_verify's optional [bs, next_n] output, any strides
+OPTIONAL = TABLES + (CTX_2D,)  # the outputs a destination set may leave None in every mode
 
 
 class _Memo:
@@ -36,6 +38,10 @@ class Metadata(_Memo):
         produced.
     seqlens_expanded : array ``[rows]`` or None
         Per-row KV length in target_verify and draft_extend; None in decode.
+    paged_mqa_ctx_lens_2d : array ``[bs, next_n]`` or None
+        target_verify only, written only when given (never allocated): ``cache_seqlens[i]``
+        in every column of row ``i`` (DeepGEMM's paged MQA context lengths); any strides
+        whose elements do not overlap. Ignored by the other modes.
 
     As ``out=``, arrays may be larger than a call needs (1-D: at least the stated length, unit
     stride; 2-D: at least the stated rows and width, unit column stride, any row stride); only
@@ -51,15 +57,17 @@ class Metadata(_Memo):
     page_table_1: Any
     real_page_table: Any
     seqlens_expanded: Any
+    paged_mqa_ctx_lens_2d: Any
 
     def __init__(self, cache_seqlens: Any = None, cu_seqlens_k: Any = None,
                  nsa_cache_seqlens: Any = None, nsa_cu_seqlens_k: Any = None,
                  page_table_1: Any = None, real_page_table: Any = None,
-                 seqlens_expanded: Any = None) -> None:
+                 seqlens_expanded: Any = None, paged_mqa_ctx_lens_2d: Any = None) -> None:
         self.cache_seqlens, self.cu_seqlens_k = cache_seqlens, cu_seqlens_k
         self.nsa_cache_seqlens, self.nsa_cu_seqlens_k = nsa_cache_seqlens, nsa_cu_seqlens_k
         self.page_table_1, self.real_page_table = page_table_1, real_page_table
         self.seqlens_expanded = seqlens_expanded
+        self.paged_mqa_ctx_lens_2d = paged_mqa_ctx_lens_2d
         self._memo: Any = None
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 from . import _arrays, _core
 from ._arrays import Arr
-from ._metadata import FIELDS, Metadata
+from ._metadata import CTX_2D, FIELDS, Metadata
 from ._validate import Dests
 
 Entry = Tuple[_core.Plan, Callable[[], int]]  # the plan, and its device's current-stream lookup
@@ -39,6 +39,8 @@ def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, t
     def dest(d: Dict[str, Arr]) -> _core.Dest:
         at = {f: d[f].ptr for f in FIELDS if f in d}
         rows = {f"{f}_stride": d[f].strides[0] for f in ("page_table_1", "real_page_table") if f in d}
+        if CTX_2D in d:
+            rows["paged_mqa_stride0"], rows["paged_mqa_stride1"] = d[CTX_2D].strides
         return _core.Dest(**at, **rows)
 
     table = arrs[2]

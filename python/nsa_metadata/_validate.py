@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _arrays, _core, reference
 from ._arrays import Arr
-from ._metadata import TABLES, Metadata
+from ._metadata import CTX_2D, OPTIONAL, Metadata
 from .reference import INT32_MAX
 
 INDEX_DTYPES = ("int32", "int64")
@@ -102,10 +102,11 @@ def inputs(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
     return arrs
 
 
-def output(name: str, x: Any, shape: Tuple[Optional[int], ...],
-           device: Optional[int]) -> Tuple[Arr, Optional[Tuple[int, int]]]:
-    """One output buffer: int32, writeable, on `device`, holding `shape` (None entries: any).
-    Returns it and the span of the region a call writes."""
+def output(name: str, x: Any, shape: Tuple[Optional[int], ...], device: Optional[int],
+           any_strides: bool = False) -> Tuple[Arr, Optional[Tuple[int, int]]]:
+    """One output buffer: int32, writeable, on `device`, holding `shape` (None entries: any),
+    with unit last stride (or, with `any_strides`, any strides whose elements in the region do
+    not overlap). Returns it and the span of the region a call writes."""
     a = _arrays.describe(x, name, output=True)
     if a.dtype != "int32":
         raise TypeError(f"{name} must be int32, not {a.dtype}")
@@ -120,12 +121,28 @@ def output(name: str, x: Any, shape: Tuple[Optional[int], ...],
         raise ValueError(f"{name} has shape {tuple(a.shape)}; this call needs at least {region}")
     if 0 in region:  # nothing is written: any layout will do
         return a, None
+    if any_strides:
+        if not distinct(region, a.strides):
+            raise ValueError(f"{name} has strides {tuple(a.strides)}: elements of its {region} "
+                             "region overlap")
+        return a, a.resized(region).span()
     if region[-1] > 1 and a.strides[-1] != 1:
         which = "column stride" if len(region) == 2 else "stride"
         raise ValueError(f"{name} must have unit {which}, not {a.strides[-1]}")
     if len(region) == 2 and region[0] > 1 and a.strides[0] < region[1]:
         raise ValueError(f"{name} row stride {a.strides[0]} is smaller than the width {region[1]}")
     return a, a.resized(region).span()
+
+
+def distinct(region: Tuple[int, ...], strides: Tuple[int, ...]) -> bool:
+    """Whether every element of `region` has an address of its own: with the dimensions taken
+    by growing stride, each stride reaches past everything the smaller ones span."""
+    reach = 1
+    for stride, n in sorted((abs(s), n) for n, s in zip(region, strides) if n > 1):
+        if stride < reach:
+            return False
+        reach = stride * n
+    return True
 
 
 def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size: int) -> Regions:
@@ -135,15 +152,18 @@ def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size:
     return {"cache_seqlens": (bs,), "cu_seqlens_k": (bs + 1,), "nsa_cache_seqlens": (s.rows,),
             "nsa_cu_seqlens_k": (s.rows + 1,), "page_table_1": (s.rows, s.width),
             "real_page_table": (s.rows, s.real_width),
-            "seqlens_expanded": None if mode == "decode" else (s.rows,)}
+            "seqlens_expanded": None if mode == "decode" else (s.rows,),
+            CTX_2D: (bs, next_n) if mode == "target_verify" else None}
 
 
-def whole(mode: str) -> Shapes:
-    """Whole buffers, any size (prepare, and a one-shot plan's capacities)."""
+def whole(mode: str, next_n: int = 1) -> Shapes:
+    """Whole buffers, any size (prepare, and a one-shot plan's capacities); the 2-D context
+    lengths hold next_n columns."""
     return {"cache_seqlens": (None,), "cu_seqlens_k": (None,), "nsa_cache_seqlens": (None,),
             "nsa_cu_seqlens_k": (None,), "page_table_1": (None, None),
             "real_page_table": (None, None),
-            "seqlens_expanded": None if mode == "decode" else (None,)}
+            "seqlens_expanded": None if mode == "decode" else (None,),
+            CTX_2D: (None, next_n) if mode == "target_verify" else None}
 
 
 def destinations(out: Any, want: Shapes, device: Optional[int],
@@ -163,12 +183,13 @@ def destinations(out: Any, want: Shapes, device: Optional[int],
         for f, shape in want.items():
             x = getattr(md, f)
             if shape is None or x is None:
-                if x is None and shape is not None and f not in TABLES:
-                    raise ValueError(f"{at}.{f} is required (only the page tables may be None)")
+                if x is None and shape is not None and f not in OPTIONAL:
+                    raise ValueError(f"{at}.{f} is required (only the page tables and "
+                                     f"{CTX_2D} may be None)")
                 continue
             if f == "real_page_table" and page_size == 1 and x is md.page_table_1:
                 continue  # SPEC: with page_size 1 the real table is page_table_1 itself
-            arrs[f], span = output(f"{at}.{f}", x, shape, device)
+            arrs[f], span = output(f"{at}.{f}", x, shape, device, any_strides=f == CTX_2D)
             spans.append((f"{at}.{f}", span, True))
         dests.append(arrs)
     return outs, dests, spans
@@ -211,6 +232,8 @@ def capacity(mode: str, dests: Dests, next_n: int, bs: int = UNBOUNDED) -> _core
             width = min(width, d["page_table_1"].shape[1])
         if "real_page_table" in d:
             real_width = min(real_width, d["real_page_table"].shape[1])
+        if CTX_2D in d:
+            bs = min(bs, d[CTX_2D].shape[0])
     rows = min(rows, INT32_MAX)  # SPEC: row counts are int32
     if mode != "draft_extend":  # rows follow the batch size
         bs = min(bs, rows // (next_n if mode == "target_verify" else 1))
@@ -244,7 +267,8 @@ class Call:
         hold); None when only this step's regions are."""
         assert self.outs is not None
         try:
-            _, dests, spans = destinations(self.outs, whole(self.mode), self.device, self.page_size)
+            _, dests, spans = destinations(self.outs, whole(self.mode, self.next_n), self.device,
+                                           self.page_size)
             cap = capacity(self.mode, dests, self.next_n)
             check_disjoint(spans + input_spans(self.arrs, cap.bs))
         except ValueError:

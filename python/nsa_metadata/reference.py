@@ -121,6 +121,9 @@ def compute(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Opti
         "nsa_cache_seqlens": nsa,
         "nsa_cu_seqlens_k": int32(cumsum0(nsa)),
         "seqlens_expanded": None if expanded is None else int32(expanded),
+        # [bs, next_n]: cache_seqlens[i] in every column of row i
+        "paged_mqa_ctx_lens_2d": (np.repeat(int32(cache)[:, None], next_n, axis=1)
+                                  if mode == "target_verify" else None),
     }
 
     P = req_to_token.shape[0]
@@ -139,7 +142,7 @@ def compute(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Opti
         for name, value in fields.items():
             dst = getattr(md, name)
             if dst is not None and value is not None:
-                dst[: value.shape[0]] = value
+                dst[tuple(slice(n) for n in value.shape)] = value
         for dst, value, mask in ((md.page_table_1, page_table_1, pt1_mask),
                                  (md.real_page_table, real_page_table, real_mask)):
             if dst is None:

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 import nsa_metadata as nm
+from nsa_metadata import sglang
 
 Ints = npt.NDArray[np.int32]
 
@@ -59,6 +60,25 @@ def main() -> None:
     prep(bs, width, 2 * bs)
     prep(2, 64, total=4, stream=0)
     assert repr(prep).startswith("Prepared(")
+
+    # target_verify's optional 2-D context lengths, and SGLang's functions (nsa_metadata.sglang)
+    tv_out = buffers(bs, 2 * bs, width, page, expanded=True)
+    tv_out.paged_mqa_ctx_lens_2d = np.empty((bs, 2), np.int32)
+    nm.target_verify(seq_lens, pool, table, next_n=2, max_len=width, page_size=page, out=tv_out)
+    d = buffers(bs, bs, width, page, expanded=False)
+    sglang.fused_dsa_decode_metadata(seq_lens, pool, table, d.cache_seqlens, d.cu_seqlens_k,
+                                     d.page_table_1, d.nsa_cache_seqlens, d.nsa_cu_seqlens_k,
+                                     d.real_page_table, bs, width, 2048, page)
+    v = buffers(bs, 2 * bs, width, page, expanded=True)
+    sglang.fused_dsa_target_verify_metadata(
+        seq_lens, pool, table, v.cache_seqlens, v.cu_seqlens_k, None, v.seqlens_expanded,
+        v.nsa_cache_seqlens, v.nsa_cu_seqlens_k, v.real_page_table, bs, width, 2048,
+        real_page_size=page, next_n=2, paged_mqa_ctx_lens_2d=np.empty((bs, 2), np.int32))
+    e = buffers(bs, 2 * bs, width, page, expanded=True)
+    sglang.fused_dsa_draft_extend_metadata(
+        seq_lens, ext, pool, table, e.cache_seqlens, e.cu_seqlens_k, e.page_table_1,
+        e.seqlens_expanded, e.nsa_cache_seqlens, e.nsa_cu_seqlens_k, e.real_page_table, bs,
+        2 * bs, width, 2048, page, 2, 2 * bs, static_extend_len=True, index_kpool=1)
 
 
 if __name__ == "__main__":
