@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
+# ("sglang_host" adds the drop-in's host cost beside SGLang's launcher)
 # (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG;
 # BENCH_ARGS adds options to both, e.g. BENCH_ARGS="--match @"). A carried SGLang wheel in .whl/
 # is installed with --no-deps --target and timed beside ours (--sglang).
@@ -41,6 +42,7 @@ want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck syncchec
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
+want sglang_host && step sglang_host python3 benchmarks/sglang_host.py
 want bench && step bench python3 -m nsa_metadata.cli bench --quick "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench_quick.json"
 want grid && step grid python3 -m nsa_metadata.cli bench "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
@@ -50,3 +52,4 @@ cat "$OUT/sanitizer_summary.txt" 2>/dev/null
 echo
 want bench && grep -v "^\\[" "$OUT/bench.log"
 want grid && cat "$OUT/grid.log"
+want sglang_host && cat "$OUT/sglang_host.log"
