@@ -471,9 +471,13 @@ def test_device_equals_the_reference_and_binds_once(mode, page_size, wide, stati
     torch.cuda.synchronize()
     assert len(sg._BOUND) == 1, "one plan for one set of buffers"
     assert_same({k: None if v is None else v.cpu().numpy() for k, v in db.items()}, want)
-    g = torch.cuda.CUDAGraph()  # and capturable: a hit launches, nothing else
+    # and capturable: a hit launches, nothing else (the total is the host's, as an engine's is:
+    # summing extend_lens on the device would synchronise inside the capture)
+    ext = d["extend_lens"][:d["bs"]]
+    total = d["bs"] * int(ext[0]) if static else int(ext.sum())
+    g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        call_sglang(mode, dd, db, page_size=page_size, static=static)
+        call_sglang(mode, dd, db, page_size=page_size, static=static, total=total)
     g.replay()
     torch.cuda.synchronize()
     assert_same({k: None if v is None else v.cpu().numpy() for k, v in db.items()}, want)
