@@ -167,7 +167,8 @@ __host__ __device__ inline int32_t uniform_num_splits(const UniformPlan& u, int3
 // Every row and num_splits entry, threads thread, thread + nthreads, ... of the caller's (any
 // threads of any blocks: no barrier, no shared memory).
 template <class Sink>
-__device__ void schedule_uniform(const UniformPlan& u, const Sink& sink, int32_t thread, int32_t nthreads) {
+__device__ void schedule_uniform(const UniformPlan& u, const Sink& sink, int32_t thread,
+                                 int32_t nthreads) {
   for (int32_t p = thread; p < u.parts; p += nthreads) {
     int32_t row[kWidth];
     uniform_row(u, p, row);
@@ -213,11 +214,13 @@ __device__ inline int32_t walk_scan(int32_t v, int32_t* all, WalkShared& sh) {
 // uses its own shared memory (sizeof(WalkShared)) and reads nothing else the block writes; its
 // stores are visible to the block after a __syncthreads.
 template <class LengthOf, class Sink>
-__device__ void schedule_walk(const LengthOf& length_of, int32_t bs, int32_t parts, const Sink& sink) {
+__device__ void schedule_walk(const LengthOf& length_of, int32_t bs, int32_t parts,
+                              const Sink& sink) {
   __shared__ WalkShared sh;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   if (bs == 0) {  // every part is empty: it begins at request 0 and ends before it
-    for (int32_t p = tid; p < parts; p += kWalkThreads) store_row(sink, p, 0, 0, 0, -1, 0, false, false, false);
+    for (int32_t p = tid; p < parts; p += kWalkThreads)
+      store_row(sink, p, 0, 0, 0, -1, 0, false, false, false);
     if (tid == 0) sink.num_splits(0, 0);
     return;
   }
@@ -267,13 +270,14 @@ __device__ void schedule_walk(const LengthOf& length_of, int32_t bs, int32_t par
       // it holds it when t*q <= d, i.e. when (d - kOverhead - 1) mod q >= q - kOverhead - 1.
       // T is held by the first window that reaches it.
       const int32_t d = end - U;
-      const bool hit = tid < cnt && k > a && (k == bs || (d - kOverhead - 1) % q >= q - kOverhead - 1);
+      const bool hit =
+          tid < cnt && k > a && (k == bs || (d - kOverhead - 1) % q >= q - kOverhead - 1);
       const unsigned votes = __ballot_sync(~0u, hit);
       if (lane == 0) sh.hit[round & 1][w] = votes ? w * 32 + __ffs(votes) - 1 : kWalkThreads;
       __syncthreads();
       int32_t jl = kWalkThreads;
 #pragma unroll
-      for (int x = 0; x < kWalkWarps; ++x) jl = sh.hit[round & 1][x] < jl ? sh.hit[round & 1][x] : jl;
+      for (int x = 0; x < kWalkWarps; ++x) jl = min(jl, sh.hit[round & 1][x]);
       ++round;
       const bool found = jl < kWalkThreads;
       const int32_t j = r0 + 1 + jl;  // the next anchor's boundary index, when found
@@ -281,7 +285,8 @@ __device__ void schedule_walk(const LengthOf& length_of, int32_t bs, int32_t par
       // parts pa + 1 .. pa + m - 1 start inside requests at U + t*q; part pa + m at boundary j
       // (and every later part at T when j == bs). Without an anchor in the tile, the parts up
       // to pa + m - 1 start in it.
-      const int32_t m = found ? (Cj - U - kOverhead - 1) / q + 1 : (C_end > U ? (C_end - U - 1) / q + 1 : 1);
+      const int32_t m = found ? (Cj - U - kOverhead - 1) / q + 1
+                              : (C_end > U ? (C_end - U - 1) / q + 1 : 1);
       const int32_t last = found && j == bs ? parts : pa + (found ? m : m - 1);
       const int32_t first_p = pe > 1 ? pe : 1;
       for (int32_t p = first_p + tid; p <= (last < parts ? last : parts); p += kWalkThreads) {
@@ -297,7 +302,7 @@ __device__ void schedule_walk(const LengthOf& length_of, int32_t bs, int32_t par
           }
           req = r0 + lo;
           blk = u - sh.C[lo];
-          split = t - (sh.C[lo] - U) / q;  // the anchor's parts that start inside the request so far
+          split = t - (sh.C[lo] - U) / q;  // the anchor's parts that start inside it, so far
         }
         if (p < parts) {
           sink.meta(p, kBeginReq, req);

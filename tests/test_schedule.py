@@ -87,8 +87,10 @@ def test_one_request_in_four_pieces():
     # 32 blocks (cost 37) on 4 parts: quota 10, budget 15, slices of 10 blocks; the last part
     # finishes the request (2 blocks + 5 <= 15). Every part holds one piece of a split request.
     meta, num_splits = assert_agree(None, 1, 2048, 4)
-    np.testing.assert_array_equal(meta, rows([0, 0, 0, 10, 0, 1, 1, 0], [0, 0, 10, 20, 1, 1, 1, 0],
-                                             [0, 0, 20, 30, 2, 1, 1, 0], [0, 0, 30, 32, 3, 1, 1, 0]))
+    np.testing.assert_array_equal(meta, rows([0, 0, 0, 10, 0, 1, 1, 0],
+                                             [0, 0, 10, 20, 1, 1, 1, 0],
+                                             [0, 0, 20, 30, 2, 1, 1, 0],
+                                             [0, 0, 30, 32, 3, 1, 1, 0]))
     np.testing.assert_array_equal(num_splits, [0, 4])
 
 
@@ -127,7 +129,8 @@ def test_no_requests():
 
 
 def test_lengths_of_zero_or_less_count_one_block():
-    np.testing.assert_array_equal(sch.num_blocks([-7, 0, 1, 64, 65, 2048, 2049]), [1, 1, 1, 1, 2, 32, 33])
+    np.testing.assert_array_equal(sch.num_blocks([-7, 0, 1, 64, 65, 2048, 2049]),
+                                  [1, 1, 1, 1, 2, 32, 33])
     a = sch.schedule([0, -7, 1], 3, 2048, 2)
     b = sch.schedule(None, 3, 1, 2)
     for x, y in zip(a, b):
@@ -196,7 +199,8 @@ def test_random_batches(seed, kind):
         assert_decodable(meta, num_splits, sch.blocks_of(lengths, bs, topk, parts))
 
 
-@pytest.mark.parametrize("bs", [0, 1, 2, 65, 66, 67, 147, 148, 149, 1024, 4096, 11622, 11623, 20000])
+@pytest.mark.parametrize("bs", [0, 1, 2, 65, 66, 67, 147, 148, 149, 1024, 4096, 11622, 11623,
+                                20000])
 def test_edge_batches(bs):
     rng = np.random.default_rng(bs)
     batches = [None, np.zeros(bs), np.full(bs, 64), np.full(bs, 65), np.full(bs, 10**6),

@@ -107,36 +107,32 @@ bool same(const Sched& want, const std::vector<int32_t>& meta, const std::vector
 }
 
 std::string name(const char* path, const char* kind, int32_t bs, int32_t parts) {
-  return std::string(path) + " " + kind + " bs=" + std::to_string(bs) + " parts=" + std::to_string(parts);
+  return std::string(path) + " " + kind + " bs=" + std::to_string(bs) +
+         " parts=" + std::to_string(parts);
 }
 
 // ------------------------------------------------------------------ host: the closed form
 
+void check_uniform(int32_t length, int32_t bs, int32_t parts) {
+  const sc::UniformPlan u = sc::uniform_plan(length, bs, parts);
+  std::vector<int32_t> meta(size_t(parts) * 8), splits(bs + 1);
+  for (int32_t p = 0; p < parts; ++p) sc::uniform_row(u, p, &meta[size_t(p) * 8]);
+  for (int32_t k = 0; k <= bs; ++k) splits[k] = sc::uniform_num_splits(u, k);
+  const std::string kind = "length " + std::to_string(length);
+  same(greedy(std::vector<int32_t>(bs, length), parts), meta, splits,
+       name("host uniform", kind.c_str(), bs, parts));
+}
+
 int host_uniform_checks() {
   int cases = 0;
-  const int32_t lengths[] = {0, 1, 63, 64, 65, 2048, 4096, 1 << 20};
-  for (int32_t len : lengths) {
-    for (int32_t bs = 0; bs <= 300; bs += (bs < 40 ? 1 : 37)) {
-      for (int32_t parts = 1; parts <= 148; parts += (parts < 20 ? 1 : 9)) {
-        const sc::UniformPlan u = sc::uniform_plan(len, bs, parts);
-        std::vector<int32_t> meta(size_t(parts) * 8), splits(bs + 1);
-        for (int32_t p = 0; p < parts; ++p) sc::uniform_row(u, p, &meta[size_t(p) * 8]);
-        for (int32_t k = 0; k <= bs; ++k) splits[k] = sc::uniform_num_splits(u, k);
-        same(greedy(std::vector<int32_t>(bs, len), parts), meta, splits, name("host uniform", std::to_string(len).c_str(), bs, parts));
-        ++cases;
-      }
-    }
-  }
-  for (int32_t bs : {1024, 4096, 11622, 11623, 20000}) {
-    for (int32_t parts : {1, 66, 132, 148}) {
-      const sc::UniformPlan u = sc::uniform_plan(2048, bs, parts);
-      std::vector<int32_t> meta(size_t(parts) * 8), splits(bs + 1);
-      for (int32_t p = 0; p < parts; ++p) sc::uniform_row(u, p, &meta[size_t(p) * 8]);
-      for (int32_t k = 0; k <= bs; ++k) splits[k] = sc::uniform_num_splits(u, k);
-      same(greedy(std::vector<int32_t>(bs, 2048), parts), meta, splits, name("host uniform", "2048", bs, parts));
-      ++cases;
-    }
-  }
+  for (int32_t length : {0, 1, 63, 64, 65, 2048, 4096, 1 << 20})
+    for (int32_t bs = 0; bs <= 300; bs += (bs < 40 ? 1 : 37))
+      for (int32_t parts = 1; parts <= 148; parts += (parts < 20 ? 1 : 9), ++cases)
+        check_uniform(length, bs, parts);
+  for (int32_t bs : {1024, 4096, 11622, 11623, 20000})
+    for (int32_t parts : {1, 66, 132, 148}) check_uniform(2048, bs, parts), ++cases;
+  // the int32 limit: 63 requests of 2^31 - 1 tokens (cost 33554437); total + parts - 1 fits
+  for (int32_t parts : {1, 66, 148}) check_uniform(2147483647, 63, parts), ++cases;
   return cases;
 }
 
@@ -147,7 +143,8 @@ struct ArrayLength {
   __device__ int32_t operator()(int32_t i) const { return s[i]; }
 };
 
-__global__ void __launch_bounds__(sc::kWalkThreads) walk_kernel(ArrayLength len, int32_t bs, int32_t parts, sc::PtrSink sink) {
+__global__ void __launch_bounds__(sc::kWalkThreads)
+    walk_kernel(ArrayLength len, int32_t bs, int32_t parts, sc::PtrSink sink) {
   sc::schedule_walk(len, bs, parts, sink);
 }
 
@@ -174,14 +171,16 @@ void poison(int32_t* p, size_t n) {
 
 // Runs the walk on `lengths` and, when they are all equal, the closed form on a grid; compares
 // both with the greedy, guards included.
-void device_case(DeviceBuffers& b, const std::vector<int32_t>& lengths, int32_t parts, const char* kind) {
+void device_case(DeviceBuffers& b, const std::vector<int32_t>& lengths, int32_t parts,
+                 const char* kind) {
   const int32_t bs = static_cast<int32_t>(lengths.size());
   const Sched want = greedy(lengths, parts);
   const size_t nm = size_t(parts) * 8 + kGuard, ns = size_t(bs) + 1 + kGuard;
   b.ensure(b.len, b.cap_len, std::max<size_t>(lengths.size(), 1));
   b.ensure(b.meta, b.cap_meta, nm);
   b.ensure(b.splits, b.cap_splits, ns);
-  if (bs > 0) CHECK_CUDA(cudaMemcpy(b.len, lengths.data(), bs * sizeof(int32_t), cudaMemcpyHostToDevice));
+  if (bs > 0)
+    CHECK_CUDA(cudaMemcpy(b.len, lengths.data(), bs * sizeof(int32_t), cudaMemcpyHostToDevice));
   std::vector<int32_t> meta(nm), splits(ns);
   const sc::PtrSink sink{b.meta, b.splits};
 
@@ -193,7 +192,8 @@ void device_case(DeviceBuffers& b, const std::vector<int32_t>& lengths, int32_t 
   CHECK_CUDA(cudaMemcpy(splits.data(), b.splits, ns * sizeof(int32_t), cudaMemcpyDeviceToHost));
   same(want, meta, splits, name("walk", kind, bs, parts));
 
-  const bool equal = std::all_of(lengths.begin(), lengths.end(), [&](int32_t s) { return s == lengths[0]; });
+  const bool equal =
+      std::all_of(lengths.begin(), lengths.end(), [&](int32_t s) { return s == lengths[0]; });
   if (!equal) return;
   poison(b.meta, nm);
   poison(b.splits, ns);
@@ -208,14 +208,14 @@ std::vector<int32_t> make_lengths(std::mt19937& rng, int32_t bs, int kind) {
   std::vector<int32_t> v(bs);
   for (int32_t i = 0; i < bs; ++i) {
     switch (kind) {
-      case 0: v[i] = 2048; break;                                                       // no topk_length
+      case 0: v[i] = 2048; break;  // no topk_length
       case 1: v[i] = 0; break;
       case 2: v[i] = 65; break;
       case 3: v[i] = 1000000; break;
       case 4: v[i] = i % 2 ? 1000000 : 1; break;
-      case 5: v[i] = static_cast<int32_t>(rng() % 1000001); break;                       // 0 .. 1M
-      case 6: v[i] = static_cast<int32_t>(rng() % 203) - 3; break;                       // short, some < 0
-      default: v[i] = std::min<int32_t>(static_cast<int32_t>(rng() % 6000), 2048); break;  // min(len, topk)
+      case 5: v[i] = static_cast<int32_t>(rng() % 1000001); break;  // 0 .. 1M
+      case 6: v[i] = static_cast<int32_t>(rng() % 203) - 3; break;  // short, some < 0
+      default: v[i] = std::min<int32_t>(static_cast<int32_t>(rng() % 6000), 2048); break;  // capped
     }
   }
   return v;
@@ -227,7 +227,8 @@ int device_checks() {
   DeviceBuffers b;
   std::mt19937 rng(14);
   int cases = 0;
-  const int32_t batch_sizes[] = {0, 1, 2, 65, 66, 67, 127, 128, 129, 255, 256, 257, 1000, 1024, 4096, 11622, 11623, 20000};
+  const int32_t batch_sizes[] = {0,   1,   2,   65,   66,   67,   127,   128,   129,
+                                 255, 256, 257, 1000, 1024, 4096, 11622, 11623, 20000};
   const int32_t part_counts[] = {1, 2, 65, 66, 132, 147, 148};
   for (int32_t bs : batch_sizes)
     for (int32_t parts : part_counts)
@@ -235,6 +236,13 @@ int device_checks() {
         device_case(b, make_lengths(rng, bs, kind), parts, kKinds[kind]);
         ++cases;
       }
+  {  // the int32 limit: total = 2^31 - 2 on 2 parts (total + parts - 1 == INT32_MAX)
+    std::vector<int32_t> lengths(63, 2147483647);
+    lengths.push_back(64 * 33554110);
+    device_case(b, lengths, 2, "int32 limit");
+    device_case(b, std::vector<int32_t>(63, 2147483647), 148, "int32 limit");
+    cases += 2;
+  }
   for (int it = 0; it < 400; ++it) {  // random sizes
     const int32_t bs = static_cast<int32_t>(rng() % (it % 4 == 0 ? 3000 : 300));
     const int32_t parts = 1 + static_cast<int32_t>(rng() % 148);
