@@ -33,8 +33,8 @@ BEGIN_REQ, END_REQ, BEGIN_BLOCK, END_BLOCK, BEGIN_SPLIT, FIRST_SPLIT, LAST_SPLIT
 
 def num_blocks(s: npt.ArrayLike) -> Ints:
     """Blocks of 64 tokens a request of s tokens is scheduled for; s <= 0 counts as 1 token."""
-    s = np.asarray(s, np.int64)
-    return (np.maximum(s, 1) - 1) // BLOCK_N + 1
+    x: Ints = np.asarray(s, np.int64)
+    return (np.maximum(x, 1) - 1) // BLOCK_N + 1
 
 
 def blocks_of(lengths: Optional[npt.ArrayLike], bs: int, topk: int, num_sm_parts: int) -> Ints:
@@ -178,7 +178,8 @@ def part_starts_uniform(n_each: int, bs: int, parts: int) -> Ints:
     """part_starts for requests of n_each blocks, in closed form (no part waits for another)."""
     c, T, q, G, D = uniform_plan(n_each, bs, parts)
     p = np.arange(parts + 1, dtype=np.int64)
-    return np.minimum(T, (p // G) * D * c + (p % G) * q)
+    u: Ints = np.minimum(T, (p // G) * D * c + (p % G) * q)
+    return u
 
 
 def fields(n: Ints, u: Ints) -> Tuple[Ints, Ints]:
