@@ -6,6 +6,8 @@ arithmetic itself, on arrays that `_api` has already validated.
 
 Arithmetic is exact (int64) and truncated to int32 at the end, which is what torch's int32
 ops give: sums wrap modulo 2^32, and `sparse` is computed on the int32 value of its argument.
+
+`schedule` (from schedule.py) is FlashMLA's decode schedule (docs/SPEC_schedule.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._core import BadKind
+from .schedule import schedule  # noqa: F401  (re-exported: reference.schedule)
 
 if TYPE_CHECKING:
     from ._arrays import Stream
