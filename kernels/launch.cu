@@ -10,7 +10,7 @@ namespace nsa {
 namespace {
 
 #ifndef NSA_PROGRAMS_PER_SM
-#define NSA_PROGRAMS_PER_SM 8  // about one wave of resident blocks (H100: 7-8 at <= 72 registers)
+#define NSA_PROGRAMS_PER_SM 16  // two waves of resident blocks (8 per SM): balances rows of unequal length
 #endif
 
 __global__ void empty_kernel() {}

@@ -93,7 +93,7 @@ inline Shape shape_of(Mode mode, int64_t bs, int64_t next_n, int64_t total, int6
 enum Status : int {
   kOk = 0,
   kBadArgument = 1,  // a struct field outside what the host-side validation allows
-  kTooLarge = 2,     // the grid would exceed CUDA's limits
+  kTooLarge = 2,     // (no longer returned: the grid is bounded by the chip; kept for the numbering)
   kCudaError = 3,    // see the cudaError_t written to *cuda_error
 };
 
