@@ -237,3 +237,17 @@ def test_binding_rejects_schedule_misuse():
     plan.check(63, 0, 0)
     with pytest.raises(ValueError, match="int32 arithmetic"):
         plan.check(64, 0, 0)
+
+
+def test_sglang_get_mla_metadata_on_the_host():
+    from nsa_metadata import sglang
+    for bs in (0, 1, 64, 300):
+        seqlens = np.arange(bs, dtype=np.int32)
+        meta, splits = sglang.get_mla_metadata(seqlens, 128, 1, 128, True, 2048, num_sm_parts=66)
+        want = nm.reference.schedule(None, bs, 2048, 66)
+        np.testing.assert_array_equal(meta, want[0])
+        np.testing.assert_array_equal(splits, want[1])
+    with pytest.raises(NotImplementedError, match="sparse"):
+        sglang.get_mla_metadata(np.zeros(3, np.int32), 128, 1, 128, True, None, num_sm_parts=66)
+    with pytest.raises(TypeError, match="num_sm_parts= is required"):
+        sglang.get_mla_metadata(np.zeros(3, np.int32), 128, 1, 128, True, 2048)
