@@ -342,10 +342,10 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
 
 
 def _flashmla_sm_parts(device: int, s_q: int, h_q: int) -> int:
-    import torch  # (device arrays here are torch's: SGLang's)
+    import torch  # type: ignore[import-not-found,unused-ignore]  # (SGLang's arrays are torch's)
     props = torch.cuda.get_device_properties(device)
-    n = props.multi_processor_count // max(s_q, 1)
-    if props.major == 9:
+    n = int(props.multi_processor_count) // max(s_q, 1)
+    if int(props.major) == 9:
         n //= max(1, h_q // 64)
     return max(n, 1)
 
