@@ -50,7 +50,8 @@ std::string outside(const char* name, int64_t value, int64_t hi) {
 class Plan {
  public:
   Plan(nsa::Mode mode, const nsa::Inputs& inputs, const std::vector<nsa::Dest>& dests, const Capacity& capacity,
-       int32_t topk, int32_t kpool, int32_t page_size, int32_t next_n, bool live, uintptr_t status, int device)
+       int32_t topk, int32_t kpool, int32_t page_size, int32_t next_n, bool live, uintptr_t status, int device,
+       int32_t num_sm_parts, nsa::ScheduleLengths schedule_lengths)
       : in_(inputs), cap_(capacity), device_(device) {
     if (dests.empty() || dests.size() > static_cast<size_t>(nsa::kMaxDests))
       throw nb::value_error("dests must hold 1 to 16 destination sets");
@@ -69,6 +70,11 @@ class Plan {
     p_.next_n = next_n;
     p_.live = live;
     p_.status = ptr<unsigned long long>(status);
+    if (num_sm_parts < 0) throw nb::value_error("num_sm_parts must be >= 0 (0: no schedule)");
+    if (num_sm_parts > 0 && mode == nsa::Mode::draft_extend)
+      throw nb::value_error("the schedule is computed in decode and target_verify only");
+    p_.num_sm_parts = num_sm_parts;
+    p_.schedule_lengths = schedule_lengths;
   }
 
   // Why a step does not fit the bound buffers; empty when it does.
@@ -84,6 +90,9 @@ class Plan {
       return "this step needs " + std::to_string(s.rows) + " rows; the bound buffers hold " +
              std::to_string(cap_.rows);
     if (s.real_width > cap_.real_width) return "max_len needs a wider real_page_table than the bound one";
+    if (p_.num_sm_parts > 0 && !nsa::schedule_fits(p_, s.rows))
+      return "the schedule of " + std::to_string(s.rows) + " rows exceeds FlashMLA's int32 arithmetic " +
+             "(rows * (ceil(longest / 64) + 5) + num_sm_parts - 1 > 2^31 - 1)";
     return {};
   }
 
@@ -159,6 +168,10 @@ NB_MODULE(_core, m) {
       .value("overflow", nsa::kOverflow, "an int32 overflow through request i")
       .value("bad_total", nsa::kBadTotal, "total != sum(extend_lens) (index bs)");
 
+  nb::enum_<nsa::ScheduleLengths>(m, "ScheduleLengths", "The schedule's per-row token count.")
+      .value("topk", nsa::ScheduleLengths::topk, "topk for every row (SGLang's call: no topk_length)")
+      .value("sparse", nsa::ScheduleLengths::sparse, "nsa_cache_seqlens (FlashMLA's topk_length)");
+
   nb::class_<nsa::IndexArray>(m, "IndexArray", "A 1-D int32 or int64 device array.")
       .def("__init__",
            [](nsa::IndexArray* a, uintptr_t data, int64_t stride, bool is64) {
@@ -195,7 +208,8 @@ NB_MODULE(_core, m) {
            [](nsa::Dest* d, uintptr_t cache_seqlens, uintptr_t cu_seqlens_k, uintptr_t nsa_cache_seqlens,
               uintptr_t nsa_cu_seqlens_k, uintptr_t seqlens_expanded, uintptr_t page_table_1,
               int64_t page_table_1_stride, uintptr_t real_page_table, int64_t real_page_table_stride,
-              uintptr_t paged_mqa_ctx_lens_2d, int64_t paged_mqa_stride0, int64_t paged_mqa_stride1) {
+              uintptr_t paged_mqa_ctx_lens_2d, int64_t paged_mqa_stride0, int64_t paged_mqa_stride1,
+              uintptr_t tile_scheduler_metadata, uintptr_t num_splits) {
              new (d) nsa::Dest{};
              d->cache_seqlens = ptr<int32_t>(cache_seqlens);
              d->cu_seqlens_k = ptr<int32_t>(cu_seqlens_k);
@@ -209,13 +223,17 @@ NB_MODULE(_core, m) {
              d->paged_mqa_ctx_lens_2d = ptr<int32_t>(paged_mqa_ctx_lens_2d);
              d->paged_mqa_stride0 = paged_mqa_stride0;
              d->paged_mqa_stride1 = paged_mqa_stride1;
+             d->tile_scheduler_metadata = ptr<int32_t>(tile_scheduler_metadata);
+             d->num_splits = ptr<int32_t>(num_splits);
            },
            nb::kw_only(), "cache_seqlens"_a = 0, "cu_seqlens_k"_a = 0, "nsa_cache_seqlens"_a = 0,
            "nsa_cu_seqlens_k"_a = 0, "seqlens_expanded"_a = 0, "page_table_1"_a = 0,
            "page_table_1_stride"_a = 0, "real_page_table"_a = 0, "real_page_table_stride"_a = 0,
            "paged_mqa_ctx_lens_2d"_a = 0, "paged_mqa_stride0"_a = 0, "paged_mqa_stride1"_a = 0,
+           "tile_scheduler_metadata"_a = 0, "num_splits"_a = 0,
            "paged_mqa_ctx_lens_2d (target_verify, optional): [bs, next_n] with strides "
-           "paged_mqa_stride0/1 in elements.")
+           "paged_mqa_stride0/1 in elements. tile_scheduler_metadata [num_sm_parts, 8] and "
+           "num_splits [rows + 1], contiguous: FlashMLA's schedule (both or neither).")
       .def_prop_ro("cache_seqlens", [](const nsa::Dest& d) { return addr(d.cache_seqlens); })
       .def_prop_ro("cu_seqlens_k", [](const nsa::Dest& d) { return addr(d.cu_seqlens_k); })
       .def_prop_ro("nsa_cache_seqlens", [](const nsa::Dest& d) { return addr(d.nsa_cache_seqlens); })
@@ -227,7 +245,9 @@ NB_MODULE(_core, m) {
       .def_ro("real_page_table_stride", &nsa::Dest::real_page_table_stride)
       .def_prop_ro("paged_mqa_ctx_lens_2d", [](const nsa::Dest& d) { return addr(d.paged_mqa_ctx_lens_2d); })
       .def_ro("paged_mqa_stride0", &nsa::Dest::paged_mqa_stride0)
-      .def_ro("paged_mqa_stride1", &nsa::Dest::paged_mqa_stride1);
+      .def_ro("paged_mqa_stride1", &nsa::Dest::paged_mqa_stride1)
+      .def_prop_ro("tile_scheduler_metadata", [](const nsa::Dest& d) { return addr(d.tile_scheduler_metadata); })
+      .def_prop_ro("num_splits", [](const nsa::Dest& d) { return addr(d.num_splits); });
 
   nb::class_<Capacity>(m, "Capacity", "The most a plan's buffers hold.")
       .def("__init__",
@@ -250,10 +270,12 @@ NB_MODULE(_core, m) {
 
   nb::class_<Plan>(m, "Plan", "A launch bound to validated buffers; each step passes bs, max_len, total, stream.")
       .def(nb::init<nsa::Mode, const nsa::Inputs&, const std::vector<nsa::Dest>&, const Capacity&, int32_t,
-                    int32_t, int32_t, int32_t, bool, uintptr_t, int>(),
+                    int32_t, int32_t, int32_t, bool, uintptr_t, int, int32_t, nsa::ScheduleLengths>(),
            nb::kw_only(), "mode"_a, "inputs"_a, "dests"_a, "capacity"_a, "topk"_a, "kpool"_a, "page_size"_a,
-           "next_n"_a, "live"_a, "status"_a, "device"_a,
-           "status: address of check=True's status word (0: none); device: -1 for host buffers.")
+           "next_n"_a, "live"_a, "status"_a, "device"_a, "num_sm_parts"_a = 0,
+           "schedule_lengths"_a = nsa::ScheduleLengths::topk,
+           "status: address of check=True's status word (0: none); device: -1 for host buffers; "
+           "num_sm_parts > 0: FlashMLA's schedule into the sets that have its buffers.")
       .def("check", &Plan::check, "bs"_a, "max_len"_a, "total"_a,
            "Raise ValueError naming what of this step exceeds the bound buffers.")
       .def("launch", &Plan::launch, "bs"_a, "max_len"_a, "total"_a, "stream"_a,

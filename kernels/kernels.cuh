@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "metadata.cuh"
+#include "schedule.cuh"
 
 namespace nsa {
 
@@ -46,6 +47,7 @@ struct Args {
   int32_t per_group;  // requests of group g: [g * per_group, (g + 1) * per_group)
   int32_t splits;     // programs per group (gridDim.y), striding over the steps of its rows
   int ps_shift;       // log2(page_size) when it is a power of two, else -1
+  sched::UniformPlan uniform;  // the schedule's closed form (ScheduleLengths::topk), from the host
   __device__ int dests() const { return kSlots == 1 ? 1 : n_dest; }  // (a constant for one slot)
 };
 
@@ -230,6 +232,46 @@ __device__ void meta_block(const Args<kSlots>& a) {
       *p.status = bad;
     }
   }
+}
+
+// ------------------------------------------------------------------ block (0, 0): the schedule
+
+// schedule.cuh's Sink over every destination set that wants the schedule.
+template <int kSlots>
+struct ScheduleSink {
+  const Args<kSlots>& a;
+  __device__ void meta(int32_t part, int field, int32_t v) const {
+    for (int d = 0; d < a.dests(); ++d)
+      if (a.dest[d].tile_scheduler_metadata != nullptr)
+        a.dest[d].tile_scheduler_metadata[part * sched::kWidth + field] = v;
+  }
+  __device__ void num_splits(int32_t k, int32_t v) const {
+    for (int d = 0; d < a.dests(); ++d)
+      if (a.dest[d].num_splits != nullptr) a.dest[d].num_splits[k] = v;
+  }
+};
+
+// Row r's tokens for the walk: nsa_cache_seqlens as meta_block wrote it (a plain load: __ldg's
+// cache is not coherent with this kernel's own stores).
+struct WrittenLengths {
+  const int32_t* nsa_cache_seqlens;
+  __device__ int32_t operator()(int32_t r) const { return nsa_cache_seqlens[r]; }
+};
+
+// FlashMLA's schedule over the rows, by the whole block after meta_block (every thread calls it).
+// topk for every row: the host's closed form, no barrier; per-row lengths: the walk, which reads
+// the nsa_cache_seqlens of destination 0 once the barrier has made them visible. Kept out of line:
+// the page programs never run it, and inlined it would raise the kernel's register count.
+template <int kSlots>
+__device__ __noinline__ void schedule_block(const Args<kSlots>& a) {
+  static_assert(kThreads == sched::kWalkThreads, "the walk runs on the metadata block");
+  const ScheduleSink<kSlots> sink{a};
+  if (a.p.schedule_lengths == ScheduleLengths::topk) {
+    sched::schedule_uniform(a.uniform, sink, static_cast<int32_t>(threadIdx.x), kThreads);
+    return;
+  }
+  __syncthreads();  // meta_block's stores of nsa_cache_seqlens
+  sched::schedule_walk(WrittenLengths{a.dest[0].nsa_cache_seqlens}, a.rows, a.p.num_sm_parts, sink);
 }
 
 // ------------------------------------------------------------------ page programs
@@ -442,6 +484,10 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
       meta_block<M, true>(a);
     } else {
       meta_block<M, false>(a);
+    }
+    // (a uniform branch on a parameter: the fast path without the schedule is unchanged)
+    if constexpr (M != Mode::draft_extend) {
+      if (a.p.num_sm_parts > 0) schedule_block(a);
     }
   }
 }

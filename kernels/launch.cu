@@ -71,6 +71,8 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
   a.per_group = static_cast<int32_t>(grid.per_group);
   a.splits = static_cast<int32_t>(grid.splits);
   a.ps_shift = log2_exact(p.page_size);
+  if (p.num_sm_parts > 0 && p.schedule_lengths == ScheduleLengths::topk)  // (host: 1 to 148 steps)
+    a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
   void* args[] = {&a};
   // The launch's own return code: an earlier error elsewhere is neither reported nor cleared.
   return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(),
@@ -120,6 +122,13 @@ int on_device(int device, cudaError_t* cuda_error, F&& f) {
 
 }  // namespace
 
+bool schedule_fits(const Params& p, int64_t rows) {
+  // sparse(x) <= topk + kpool - 1; a length of 0 or less counts as one token
+  const int64_t longest = p.schedule_lengths == ScheduleLengths::topk ? p.topk : int64_t{p.topk} + p.kpool - 1;
+  return p.num_sm_parts >= 1 && longest <= kInt32Max &&
+         sched::schedule_fits(rows, static_cast<int32_t>(longest), p.num_sm_parts);
+}
+
 const char* status_string(int status) {
   switch (status) {
     case kOk: return "ok";
@@ -142,9 +151,18 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     return kBadArgument;
   const Shape shape = shape_of(p.mode, in.bs, p.next_n, p.total, p.max_len, p.page_size);
   if (in.bs > kInt32Max || shape.rows > kInt32Max) return kBadArgument;  // SPEC: int32 counts
+  // the schedule: decode and target_verify, a known length source, FlashMLA's int32 domain
+  if (p.num_sm_parts < 0 ||
+      (p.num_sm_parts > 0 &&
+       (p.mode == Mode::draft_extend ||
+        (p.schedule_lengths != ScheduleLengths::topk && p.schedule_lengths != ScheduleLengths::sparse) ||
+        !schedule_fits(p, shape.rows))))
+    return kBadArgument;
   int tables = 0;
   for (int d = 0; d < out.n; ++d) {
     const Dest& D = out.dest[d];
+    if (p.num_sm_parts > 0 && (D.tile_scheduler_metadata == nullptr) != (D.num_splits == nullptr))
+      return kBadArgument;
     // (an empty array may have a null pointer; nothing is written to it)
     if ((in.bs > 0 && D.cache_seqlens == nullptr) || D.cu_seqlens_k == nullptr ||
         D.nsa_cu_seqlens_k == nullptr ||

@@ -55,7 +55,16 @@ struct Dest {
   // target_verify, optional: [bs, next_n], any strides (in elements)
   int32_t* paged_mqa_ctx_lens_2d = nullptr;
   int64_t paged_mqa_stride0 = 0, paged_mqa_stride1 = 0;
+  // FlashMLA's decode schedule (docs/SPEC_schedule.md), written when Params::num_sm_parts > 0;
+  // both or neither (null: this set does not want it). Contiguous int32: [num_sm_parts, 8] and
+  // [rows + 1] (FlashMLA's batch is our rows: SGLang passes nsa_cache_seqlens as cache_seqlens).
+  int32_t* tile_scheduler_metadata = nullptr;
+  int32_t* num_splits = nullptr;
 };
+
+// Where the schedule takes each row's tokens from (FlashMLA's topk_length): none, so every row
+// has topk (SGLang's call), or nsa_cache_seqlens[r] = sparse(L) (deepseek-ai's min(len, topk)).
+enum class ScheduleLengths : int { topk = 0, sparse = 1 };
 
 struct Outputs {
   Dest dest[kMaxDests];
@@ -71,6 +80,9 @@ struct Params {
   int32_t next_n = 1;     // target_verify
   int64_t total = 0;      // draft_extend: rows (a capacity under CUDA graphs)
   bool live = false;
+  // FlashMLA's decode schedule, decode and target_verify only: 0 = off, else its num_sm_parts
+  int32_t num_sm_parts = 0;
+  ScheduleLengths schedule_lengths = ScheduleLengths::topk;
   // check=True: the kernel stores here (request index << 3 | BadKind) of the first bad element,
   // or kStatusOk when there is none.
   unsigned long long* status = nullptr;
@@ -89,6 +101,10 @@ inline Shape shape_of(Mode mode, int64_t bs, int64_t next_n, int64_t total, int6
   s.real_width = page_size > 0 ? (max_len + page_size - 1) / page_size : 0;
   return s;
 }
+
+// Whether FlashMLA's int32 arithmetic holds for the schedule of `rows` rows under p (schedule.cuh's
+// schedule_fits for the longest row p's length source allows). The launcher and the binding check it.
+bool schedule_fits(const Params& p, int64_t rows);
 
 enum Status : int {
   kOk = 0,

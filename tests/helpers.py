@@ -38,8 +38,9 @@ def rows_of(mode, inp):
 
 
 def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_page_table"),
-                 strided=True):
-    """A NumPy Metadata whose arrays are views into larger poisoned buffers (returns md, bases)."""
+                 strided=True, schedule=None):
+    """A NumPy Metadata whose arrays are views into larger poisoned buffers (returns md, bases);
+    with a schedule, its two outputs too (the metadata in contiguous rows of 8)."""
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
     width = -(-max_len // page_size)
     bases, md = {}, nm.Metadata()
@@ -58,6 +59,12 @@ def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_pa
             else:
                 bases[f] = np.full((rows, w), POISON, np.int32)
                 setattr(md, f, bases[f])
+    if schedule is not None:
+        parts = schedule.num_sm_parts
+        bases["tile_scheduler_metadata"] = np.full((parts + 3, 8), POISON, np.int32)
+        md.tile_scheduler_metadata = bases["tile_scheduler_metadata"][1:1 + parts]
+        bases["num_splits"] = np.full(rows + 6, POISON, np.int32)
+        md.num_splits = bases["num_splits"][2:3 + rows] if strided else bases["num_splits"][:rows + 1]
     return md, bases
 
 
@@ -114,7 +121,8 @@ def check_device_matches_reference(lib, mode, inp, *, max_len, page_size, ndest=
     """Run the reference and the device on identically poisoned buffers; every byte must agree."""
     ref_mds, dev_mds, pairs = [], [], []
     for _ in range(ndest):
-        md, bases = poisoned_out(mode, inp, max_len, page_size, tables, strided)
+        md, bases = poisoned_out(mode, inp, max_len, page_size, tables, strided,
+                                 kw.get("schedule"))
         ref_mds.append(md)
         dmd = nm.Metadata()
         for f, base in bases.items():

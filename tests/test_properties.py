@@ -194,11 +194,12 @@ def run(c, **kw):
 
 
 CTX_2D = "paged_mqa_ctx_lens_2d"  # never allocated: checked in a buffer of the caller's
+SCHEDULE = ("tile_scheduler_metadata", "num_splits")  # only with schedule= (test_schedule_opt_in)
 
 
 def as_lists(md):
     return {f: None if getattr(md, f) is None else getattr(md, f).tolist()
-            for f in nm.Metadata.__slots__ if f != CTX_2D}
+            for f in nm.Metadata.__slots__ if f != CTX_2D and f not in SCHEDULE}
 
 
 # ----------------------------------------------------------------------------- properties

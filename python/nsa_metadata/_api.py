@@ -13,19 +13,19 @@ from typing import Any, Optional, Sequence, TypeVar, overload
 
 from . import _arrays, _core, _host, _plans, _validate
 from ._arrays import Array, Stream
-from ._metadata import CTX_2D, FIELDS, Metadata
+from ._metadata import CTX_2D, FIELDS, Metadata, Schedule
 
 Outs = TypeVar("Outs", bound=Sequence[Metadata])
 
 def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, extend_lens: Any,
           max_len: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, total: Any,
-          live: Any, out: Any, stream: Any, check: Any) -> Any:
+          live: Any, out: Any, stream: Any, check: Any, schedule: Any = None) -> Any:
     """One call: the cached plan of its buffers when there is one and the step fits it, else
     validation and a new plan (or the reference on host arrays)."""
     key = None
     if out is not None and check is False:
         key = _plans.cache_key(mode, seq_lens, req_pool_indices, req_to_token, extend_lens, topk,
-                               kpool, page_size, next_n, live, out)
+                               kpool, page_size, next_n, live, out, schedule)
         entry = None if key is None else _plans.PLANS.get(key)
         if entry is not None and type(max_len) is int and (total is None or type(total) is int):
             bs = len(seq_lens)
@@ -40,7 +40,7 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
     c = _validate.one_shot(mode, seq_lens, req_pool_indices, req_to_token, extend_lens,
                            max_len=max_len, topk=topk, kpool=kpool, page_size=page_size,
                            next_n=next_n, total=total, live=live, out=out, stream=stream,
-                           check=check)
+                           check=check, schedule=schedule)
     if c.device is None:
         outs = [_allocate(c, None)] if c.outs is None else c.outs
         _host.run(c, outs)
@@ -51,7 +51,8 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
     if c.outs is None:
         md = _allocate(c, handle)
         dests = _validate.destinations(md, _validate.shapes(mode, c.bs, c.next_n, c.total,
-                                                            c.max_len, c.page_size),
+                                                            c.max_len, c.page_size,
+                                                            _validate.parts_of(c.schedule)),
                                        device, c.page_size)[1]
         cap = c.step_capacity()
     else:
@@ -61,7 +62,8 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
     status = _arrays.empty_status(c.lib, device, handle) if c.check else None
     plan = _plans.bind(mode, c.arrs, dests, cap, topk=c.topk, kpool=c.kpool,
                        page_size=c.page_size, next_n=c.next_n, live=c.live,
-                       status=0 if status is None else _arrays.describe(status, "status").ptr)
+                       status=0 if status is None else _arrays.describe(status, "status").ptr,
+                       schedule=c.schedule)
     plan.launch(c.bs, c.max_len, c.total, handle)
     if key is not None and not c.check:
         _plans.PLANS.put(key, (plan, current_stream))
@@ -75,7 +77,8 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
 
 def _allocate(c: _validate.Call, stream: Optional[int]) -> Metadata:
     """New outputs for call `c`, with its inputs' library on their device, for `stream`."""
-    want = _validate.shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size)
+    want = _validate.shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size,
+                            _validate.parts_of(c.schedule))
     md = Metadata(**{f: None if s is None else _arrays.empty(c.lib, c.device, s, stream)
                      for f, s in want.items() if f not in ("real_page_table", CTX_2D)})
     real = want["real_page_table"]
@@ -91,14 +94,17 @@ def _allocate(c: _validate.Call, stream: Optional[int]) -> Metadata:
 def decode(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, max_len: int,
            topk: int = ..., kpool: int = ..., page_size: int = ..., live: bool = ...,
            out: Optional[Metadata] = ..., stream: Optional[Stream] = ...,
-           check: bool = ...) -> Metadata: ...
+           check: bool = ...,
+           schedule: Optional[Schedule] = ...) -> Metadata: ...
 @overload
 def decode(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, max_len: int,
            topk: int = ..., kpool: int = ..., page_size: int = ..., live: bool = ..., out: Outs,
-           stream: Optional[Stream] = ..., check: bool = ...) -> Outs: ...
+           stream: Optional[Stream] = ..., check: bool = ...,
+           schedule: Optional[Schedule] = ...) -> Outs: ...
 def decode(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, max_len: int,
            topk: int = 2048, kpool: int = 1, page_size: int = 1, live: bool = False,
-           out: Any = None, stream: Optional[Stream] = None, check: bool = False) -> Any:
+           out: Any = None, stream: Optional[Stream] = None, check: bool = False,
+           schedule: Optional[Schedule] = None) -> Any:
     """SPEC decode: one kernel launch on the arrays' device (the reference on the host).
 
     ``rows = bs``, ``cache_seqlens = lens``, and page row ``i`` is pool row
@@ -133,6 +139,9 @@ def decode(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, max
         Synchronise and raise ValueError naming the first bad element (a pool index outside
         ``[0, P)``, a negative length, an int32 overflow). Without it no device-only value
         addresses memory out of bounds, and a row with a bad pool index is filled with -1.
+    schedule : Schedule, optional
+        Also compute FlashMLA's decode schedule over the rows in the same launch
+        (``tile_scheduler_metadata``, ``num_splits``; docs/SPEC_schedule.md).
 
     Returns
     -------
@@ -146,23 +155,26 @@ def decode(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, max
         a buffer too small), naming the argument, before anything is written.
     """
     return _call("decode", seq_lens, req_pool_indices, req_to_token, None, max_len, topk, kpool,
-                 page_size, 1, None, live, out, stream, check)
+                 page_size, 1, None, live, out, stream, check, schedule)
 
 
 @overload
 def target_verify(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, next_n: int,
                   max_len: int, topk: int = ..., kpool: int = ..., page_size: int = ...,
                   live: bool = ..., out: Optional[Metadata] = ..., stream: Optional[Stream] = ...,
-                  check: bool = ...) -> Metadata: ...
+                  check: bool = ...,
+                  schedule: Optional[Schedule] = ...) -> Metadata: ...
 @overload
 def target_verify(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, next_n: int,
                   max_len: int, topk: int = ..., kpool: int = ..., page_size: int = ...,
                   live: bool = ..., out: Outs, stream: Optional[Stream] = ...,
-                  check: bool = ...) -> Outs: ...
+                  check: bool = ...,
+                  schedule: Optional[Schedule] = ...) -> Outs: ...
 def target_verify(seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *, next_n: int,
                   max_len: int, topk: int = 2048, kpool: int = 1, page_size: int = 1,
                   live: bool = False, out: Any = None, stream: Optional[Stream] = None,
-                  check: bool = False) -> Any:
+                  check: bool = False,
+                  schedule: Optional[Schedule] = None) -> Any:
     """SPEC target_verify: `next_n` draft tokens per request, in one kernel launch.
 
     ``rows = bs * next_n``, ``cache_seqlens = lens + next_n`` and
@@ -199,6 +211,9 @@ def target_verify(seq_lens: Array, req_pool_indices: Array, req_to_token: Array,
         Synchronise and raise ValueError naming the first bad element (a pool index outside
         ``[0, P)``, a negative length, an int32 overflow). Without it no device-only value
         addresses memory out of bounds, and a row with a bad pool index is filled with -1.
+    schedule : Schedule, optional
+        Also compute FlashMLA's decode schedule over the rows in the same launch
+        (``tile_scheduler_metadata``, ``num_splits``; docs/SPEC_schedule.md).
 
     Returns
     -------
@@ -212,7 +227,7 @@ def target_verify(seq_lens: Array, req_pool_indices: Array, req_to_token: Array,
         a buffer too small), naming the argument, before anything is written.
     """
     return _call("target_verify", seq_lens, req_pool_indices, req_to_token, None, max_len, topk,
-                 kpool, page_size, next_n, None, live, out, stream, check)
+                 kpool, page_size, next_n, None, live, out, stream, check, schedule)
 
 
 @overload
@@ -298,22 +313,25 @@ class Prepared:
 
     def __init__(self, mode: str, seq_lens: Array, req_pool_indices: Array, req_to_token: Array,
                  *, out: Any, extend_lens: Optional[Array] = None, next_n: int = 1,
-                 topk: int = 2048, kpool: int = 1, page_size: int = 1, live: bool = False) -> None:
+                 topk: int = 2048, kpool: int = 1, page_size: int = 1, live: bool = False,
+                 schedule: Optional[Schedule] = None) -> None:
         _validate.mode_of(mode)
         self.mode = mode
+        self.schedule = _validate.schedule_of(mode, schedule)
         self.topk, self.kpool = _validate.integer("topk", topk, 1), _validate.integer("kpool", kpool, 1)
         self.page_size = _validate.integer("page_size", page_size, 1)
         self.live = _validate.boolean("live", live)
         self.next_n = _validate.integer("next_n", next_n, 1) if mode == "target_verify" else 1
         self.inputs = _validate.inputs(mode, seq_lens, req_pool_indices, req_to_token, extend_lens)
         self.device = self.inputs[0].device
-        self.outs, dests, spans = _validate.destinations(out, _validate.whole(mode, self.next_n),
-                                                         self.device, self.page_size)
+        self.outs, dests, spans = _validate.destinations(
+            out, _validate.whole(mode, self.next_n, _validate.parts_of(self.schedule)),
+            self.device, self.page_size)
         _validate.check_disjoint(spans + _validate.input_spans(self.inputs))
         self.capacity = _validate.capacity(mode, dests, self.next_n, self.inputs[0].shape[0])
         self._plan = _plans.bind(mode, self.inputs, dests, self.capacity, topk=self.topk,
                                  kpool=self.kpool, page_size=self.page_size, next_n=self.next_n,
-                                 live=self.live)
+                                 live=self.live, schedule=self.schedule)
         self._launch = self._plan.launch
         self._current_stream = (None if self.device is None else
                                 _arrays.current_stream_getter(self.inputs[0].lib, self.device))
@@ -361,7 +379,8 @@ class Prepared:
         if stream is not None:
             _arrays.stream_handle(stream)  # validated as on the device, then unused
         self._plan.check(bs, max_len, total)
-        shapes = _validate.shapes(self.mode, bs, self.next_n, total, max_len, self.page_size)
+        shapes = _validate.shapes(self.mode, bs, self.next_n, total, max_len, self.page_size,
+                                  _validate.parts_of(self.schedule))
         outs = []
         for bound in self.outs:
             md = Metadata(**{f: None if shape is None or getattr(bound, f) is None else
@@ -374,7 +393,7 @@ class Prepared:
         ext = self.inputs[3].obj[:bs] if self.mode == "draft_extend" else None
         _call(self.mode, lens, pool, self.inputs[2].obj, ext, max_len, self.topk, self.kpool,
               self.page_size, self.next_n, total if self.mode == "draft_extend" else None,
-              self.live, outs, None, False)
+              self.live, outs, None, False, self.schedule)
 
     def __repr__(self) -> str:
         c = self.capacity
@@ -384,12 +403,14 @@ class Prepared:
                 f"{'s' if len(self.outs) > 1 else ''}; topk={self.topk}, kpool={self.kpool}, "
                 f"page_size={self.page_size}"
                 f"{f', next_n={self.next_n}' if self.mode == 'target_verify' else ''}, "
-                f"live={self.live})")
+                f"live={self.live}"
+                f"{'' if self.schedule is None else f', schedule={self.schedule!r}'})")
 
 
 def prepare(mode: str, seq_lens: Array, req_pool_indices: Array, req_to_token: Array, *,
             out: Any, extend_lens: Optional[Array] = None, next_n: int = 1, topk: int = 2048,
-            kpool: int = 1, page_size: int = 1, live: bool = False) -> Prepared:
+            kpool: int = 1, page_size: int = 1, live: bool = False,
+            schedule: Optional[Schedule] = None) -> Prepared:
     """Bind `mode` to persistent buffers once; each step then passes only what changes.
 
     Parameters
@@ -408,6 +429,9 @@ def prepare(mode: str, seq_lens: Array, req_pool_indices: Array, req_to_token: A
         target_verify only: draft tokens per request.
     topk, kpool, page_size, live
         As in `decode`.
+    schedule : Schedule, optional
+        decode and target_verify: also FlashMLA's schedule, into the sets that have its
+        buffers (``num_splits`` bounds the rows a step may have).
 
     Returns
     -------
@@ -421,8 +445,8 @@ def prepare(mode: str, seq_lens: Array, req_pool_indices: Array, req_to_token: A
     """
     return Prepared(mode, seq_lens, req_pool_indices, req_to_token, out=out,
                     extend_lens=extend_lens, next_n=next_n, topk=topk, kpool=kpool,
-                    page_size=page_size, live=live)
+                    page_size=page_size, live=live, schedule=schedule)
 
 
 
-__all__ = ["FIELDS", "Metadata", "Prepared", "decode", "draft_extend", "prepare", "target_verify"]
+__all__ = ["FIELDS", "Metadata", "Prepared", "Schedule", "decode", "draft_extend", "prepare", "target_verify"]

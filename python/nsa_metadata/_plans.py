@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 from . import _arrays, _core
 from ._arrays import Arr
-from ._metadata import CTX_2D, FIELDS, Metadata
+from ._metadata import CTX_2D, FIELDS, Metadata, Schedule
 from ._validate import Dests
 
 Entry = Tuple[_core.Plan, Callable[[], int]]  # the plan, and its device's current-stream lookup
@@ -29,7 +29,8 @@ _fields = operator.attrgetter(*FIELDS)
 
 
 def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, topk: int,
-         kpool: int, page_size: int, next_n: int, live: bool, status: int = 0) -> _core.Plan:
+         kpool: int, page_size: int, next_n: int, live: bool, status: int = 0,
+         schedule: Optional[Schedule] = None) -> _core.Plan:
     """A `_core.Plan` over validated arrays (host arrays: one that only checks steps)."""
     def index(a: Optional[Arr]) -> _core.IndexArray:
         if a is None:
@@ -52,12 +53,15 @@ def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, t
     return _core.Plan(mode=_core.Mode.__members__[mode], inputs=inputs,
                       dests=[dest(d) for d in dests], capacity=cap, topk=topk, kpool=kpool,
                       page_size=page_size, next_n=next_n, live=live, status=status,
-                      device=-1 if device is None else device)
+                      device=-1 if device is None else device,
+                      num_sm_parts=0 if schedule is None else schedule.num_sm_parts,
+                      schedule_lengths=_core.ScheduleLengths.__members__[
+                          "topk" if schedule is None else schedule.lengths])
 
 
 def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
               extend_lens: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, live: Any,
-              out: Any) -> Optional[Hashable]:
+              out: Any, schedule: Any = None) -> Optional[Hashable]:
     """The key of a one-shot call's plan, or None when the call cannot have one (host arrays,
     an argument of an unusual type: those are validated every time).
 
@@ -68,7 +72,8 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
     transposing a square table in place) is not seen: assign it to its field again.
     """
     if not (type(topk) is int and type(kpool) is int and type(page_size) is int
-            and type(next_n) is int and (live is True or live is False)):
+            and type(next_n) is int and (live is True or live is False)
+            and (schedule is None or type(schedule) is Schedule)):
         return None
     keyed = _arrays.keyed_type(seq_lens)
     if keyed is None:
@@ -93,7 +98,7 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
             memo = md._memo = (t, xs, _arrays.quick_keys(is_torch, xs), keys)
         outs.append(memo[3])
         outs.append(md.real_page_table is md.page_table_1)
-    return (mode, topk, kpool, page_size, next_n, live, many, inputs, tuple(outs))
+    return (mode, topk, kpool, page_size, next_n, live, schedule, many, inputs, tuple(outs))
 
 
 class PlanCache:

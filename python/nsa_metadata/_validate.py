@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _arrays, _core, reference
+from . import schedule as sch
 from ._arrays import Arr
-from ._metadata import CTX_2D, OPTIONAL, Metadata
+from ._metadata import CTX_2D, OPTIONAL, SCHEDULE, Metadata, Schedule
 from .reference import INT32_MAX
 
 INDEX_DTYPES = ("int32", "int64")
@@ -51,6 +52,36 @@ def mode_of(mode: Any) -> _core.Mode:
     if mode not in _core.Mode.__members__:
         raise ValueError(f"mode must be one of {tuple(_core.Mode.__members__)}, not {mode!r}")
     return _core.Mode.__members__[mode]
+
+
+def schedule_of(mode: str, schedule: Any) -> Optional[Schedule]:
+    """schedule=: None or a Schedule, in decode and target_verify."""
+    if schedule is None:
+        return None
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a nsa_metadata.Schedule or None, not "
+                        f"{type(schedule).__name__}")
+    if mode == "draft_extend":
+        raise ValueError("schedule= is for decode and target_verify (FlashMLA's decode), "
+                         "not draft_extend")
+    return schedule
+
+
+def parts_of(schedule: Optional[Schedule]) -> int:
+    return 0 if schedule is None else schedule.num_sm_parts
+
+
+def check_schedule_fits(schedule: Optional[Schedule], rows: int, topk: int, kpool: int) -> None:
+    """FlashMLA's int32 arithmetic for the longest row the length source allows (sparse(x) is
+    at most topk + kpool - 1), as the launcher checks it."""
+    if schedule is None:
+        return
+    longest = topk if schedule.lengths == "topk" else topk + kpool - 1
+    if (longest > INT32_MAX or
+            rows * (int(sch.num_blocks(longest)) + sch.OVERHEAD) + schedule.num_sm_parts - 1
+            > INT32_MAX):
+        raise ValueError(f"schedule: {rows} rows of up to {longest} tokens on "
+                         f"{schedule.num_sm_parts} parts exceed FlashMLA's int32 arithmetic")
 
 
 def where(device: Optional[int]) -> str:
@@ -145,25 +176,30 @@ def distinct(region: Tuple[int, ...], strides: Tuple[int, ...]) -> bool:
     return True
 
 
-def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size: int) -> Regions:
+def shapes(mode: str, bs: int, next_n: int, total: int, max_len: int, page_size: int,
+           parts: int = 0) -> Regions:
     """The region each output must hold (None: the field is not an output of this mode), from
-    the one function the binding and the launcher size with."""
+    the one function the binding and the launcher size with. parts > 0: the schedule's too."""
     s = _core.shape_of(_core.Mode.__members__[mode], bs, next_n, total, max_len, page_size)
     return {"cache_seqlens": (bs,), "cu_seqlens_k": (bs + 1,), "nsa_cache_seqlens": (s.rows,),
             "nsa_cu_seqlens_k": (s.rows + 1,), "page_table_1": (s.rows, s.width),
             "real_page_table": (s.rows, s.real_width),
             "seqlens_expanded": None if mode == "decode" else (s.rows,),
-            CTX_2D: (bs, next_n) if mode == "target_verify" else None}
+            CTX_2D: (bs, next_n) if mode == "target_verify" else None,
+            "tile_scheduler_metadata": (parts, sch.WIDTH) if parts else None,
+            "num_splits": (s.rows + 1,) if parts else None}
 
 
-def whole(mode: str, next_n: int = 1) -> Shapes:
+def whole(mode: str, next_n: int = 1, parts: int = 0) -> Shapes:
     """Whole buffers, any size (prepare, and a one-shot plan's capacities); the 2-D context
-    lengths hold next_n columns."""
+    lengths hold next_n columns, the schedule's metadata num_sm_parts rows."""
     return {"cache_seqlens": (None,), "cu_seqlens_k": (None,), "nsa_cache_seqlens": (None,),
             "nsa_cu_seqlens_k": (None,), "page_table_1": (None, None),
             "real_page_table": (None, None),
             "seqlens_expanded": None if mode == "decode" else (None,),
-            CTX_2D: (None, next_n) if mode == "target_verify" else None}
+            CTX_2D: (None, next_n) if mode == "target_verify" else None,
+            "tile_scheduler_metadata": (parts, sch.WIDTH) if parts else None,
+            "num_splits": (None,) if parts else None}
 
 
 def destinations(out: Any, want: Shapes, device: Optional[int],
@@ -191,8 +227,24 @@ def destinations(out: Any, want: Shapes, device: Optional[int],
                 continue  # SPEC: with page_size 1 the real table is page_table_1 itself
             arrs[f], span = output(f"{at}.{f}", x, shape, device, any_strides=f == CTX_2D)
             spans.append((f"{at}.{f}", span, True))
+        if want.get(SCHEDULE[0]) is not None:
+            schedule_buffers(at, arrs)
         dests.append(arrs)
     return outs, dests, spans
+
+
+def schedule_buffers(at: str, arrs: Dict[str, Arr]) -> None:
+    """A set takes the schedule whole or not at all, its metadata in rows of 8 (the kernel and
+    FlashMLA index it as [part * 8 + field])."""
+    have = [f in arrs for f in SCHEDULE]
+    if have[0] != have[1]:
+        given, missing = SCHEDULE if have[0] else SCHEDULE[::-1]
+        raise ValueError(f"{at}.{missing} is required with {at}.{given} (the schedule is "
+                         "written whole or not at all)")
+    meta = arrs.get(SCHEDULE[0])
+    if meta is not None and meta.shape[0] > 1 and meta.strides[0] != sch.WIDTH:
+        raise ValueError(f"{at}.tile_scheduler_metadata must have row stride {sch.WIDTH} "
+                         f"(contiguous rows of 8), not {meta.strides[0]}")
 
 
 def check_disjoint(spans: Sequence[Span]) -> None:
@@ -228,6 +280,8 @@ def capacity(mode: str, dests: Dests, next_n: int, bs: int = UNBOUNDED) -> _core
         rows = min(rows, d["nsa_cache_seqlens"].shape[0], d["nsa_cu_seqlens_k"].shape[0] - 1,
                    *(d[f].shape[0] for f in ("seqlens_expanded", "page_table_1", "real_page_table")
                      if f in d))
+        if "num_splits" in d:
+            rows = min(rows, d["num_splits"].shape[0] - 1)
         if "page_table_1" in d:
             width = min(width, d["page_table_1"].shape[1])
         if "real_page_table" in d:
@@ -248,8 +302,9 @@ class Call:
     def __init__(self, mode: str, arrs: List[Arr], outs: Optional[List[Metadata]],
                  dests: Optional[Dests], bs: int, rows: int, max_len: int, total: int, topk: int,
                  kpool: int, page_size: int, next_n: int, live: bool, check: bool,
-                 stream: Optional[int]) -> None:
+                 stream: Optional[int], schedule: Optional[Schedule] = None) -> None:
         self.mode, self.arrs, self.outs, self.dests = mode, arrs, outs, dests
+        self.schedule = schedule
         self.bs, self.rows, self.max_len, self.total = bs, rows, max_len, total
         self.topk, self.kpool, self.page_size, self.next_n = topk, kpool, page_size, next_n
         self.live, self.check, self.stream = live, check, stream
@@ -267,8 +322,9 @@ class Call:
         hold); None when only this step's regions are."""
         assert self.outs is not None
         try:
-            _, dests, spans = destinations(self.outs, whole(self.mode, self.next_n), self.device,
-                                           self.page_size)
+            _, dests, spans = destinations(self.outs, whole(self.mode, self.next_n,
+                                                            parts_of(self.schedule)),
+                                           self.device, self.page_size)
             cap = capacity(self.mode, dests, self.next_n)
             check_disjoint(spans + input_spans(self.arrs, cap.bs))
         except ValueError:
@@ -278,8 +334,10 @@ class Call:
 
 def one_shot(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
              extend_lens: Any, *, max_len: Any, topk: Any, kpool: Any, page_size: Any,
-             next_n: Any, total: Any, live: Any, out: Any, stream: Any, check: Any) -> Call:
+             next_n: Any, total: Any, live: Any, out: Any, stream: Any, check: Any,
+             schedule: Any = None) -> Call:
     """Validate one call for exactly its step; the outputs too when given."""
+    sched = schedule_of(mode, schedule)
     topk, kpool = integer("topk", topk, 1), integer("kpool", kpool, 1)
     page_size = integer("page_size", page_size, 1)
     live, check = boolean("live", live), boolean("check", check)
@@ -301,14 +359,15 @@ def one_shot(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
             check_total(total, arrs)
     else:
         total = 0
-    want = shapes(mode, bs, next_n, total, max_len, page_size)
+    want = shapes(mode, bs, next_n, total, max_len, page_size, parts_of(sched))
     rows = bs * next_n if mode == "target_verify" else total if mode == "draft_extend" else bs
+    check_schedule_fits(sched, rows, topk, kpool)
     outs = dests = None
     if out is not None:
         outs, dests, spans = destinations(out, want, device, page_size)
         check_disjoint(spans + input_spans(arrs))
     return Call(mode, arrs, outs, dests, bs, rows, max_len, total, topk, kpool, page_size,
-                next_n, live, check, handle)
+                next_n, live, check, handle, sched)
 
 
 def check_total(total: int, arrs: Sequence[Arr]) -> None:

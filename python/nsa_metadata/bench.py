@@ -108,13 +108,15 @@ class Case:
     """One benchmark configuration with SETS independent input/output sets on the GPU."""
 
     def __init__(self, mode, bs, ctx, *, cap=None, topk=2048, page_size=64, spec=4, live=False,
-                 real_only=False, seed=0):
+                 real_only=False, schedule=False, seed=0):
         import torch
 
         self.mode, self.bs, self.ctx, self.live, self.real_only = mode, bs, ctx, live, real_only
         self.topk, self.page_size = topk, page_size
         cap = ctx if cap is None else cap  # every length <= cap: a graph captured at width ctx
         self.kw = dict(max_len=ctx, topk=topk, page_size=page_size, live=live)
+        if schedule:  # FlashMLA's schedule in the same launch (66 parts: an H100, 128 heads)
+            self.kw["schedule"] = _api.Schedule(66)
         rng = np.random.default_rng(seed)
         self.rows = bs if mode == "decode" else bs * spec
         width = -(-ctx // page_size)
@@ -139,10 +141,14 @@ class Case:
                 page_table_1=None if real_only else torch.empty(self.rows, ctx, dtype=torch.int32, device="cuda"),
                 real_page_table=torch.empty(self.rows, width, dtype=torch.int32, device="cuda"),
             )
+            if schedule:
+                md.tile_scheduler_metadata = torch.empty(66, 8, dtype=torch.int32, device="cuda")
+                md.num_splits = torch.empty(self.rows + 1, dtype=torch.int32, device="cuda")
             self.sets.append((d, md))
             self.plans.append(_api.prepare(mode, d["seq_lens"], d["req_pool_indices"], d["req_to_token"],
                                            out=md, extend_lens=d["extend_lens"], next_n=spec,
-                                           topk=topk, page_size=page_size, live=live))
+                                           topk=topk, page_size=page_size, live=live,
+                                           schedule=self.kw.get("schedule")))
         # bytes the call must move: each source column read once, each output written once
         live_cols = (sum(min(int(x), ctx) for x in self.sets[0][0]["seq_lens"].tolist()) / bs
                      if live else ctx)
@@ -287,7 +293,7 @@ def empty_launch_host_us():
 
 def label(mode, bs, ctx, opts):
     cap = f"@{opts['cap']}" if opts.get("cap") else ""
-    flags = ",".join(k for k in ("live", "real_only") if opts.get(k)) or "-"
+    flags = ",".join(k for k in ("live", "real_only", "schedule") if opts.get(k)) or "-"
     return f"{mode} {bs}x{ctx}{cap} {flags}"
 
 
@@ -426,7 +432,8 @@ FULL = ([(m, bs, ctx, {"live": True}) for m in MODES for bs, ctx in SHAPES]
         + [(m, bs, ctx, {"live": True, "cap": cap}) for m in MODES for bs, ctx, cap in STATIC]
         + [(m, bs, ctx, {}) for m in MODES for bs, ctx in SHAPES]
         + [("decode", bs, ctx, {"live": True, "real_only": True}) for bs, ctx in SHAPES]
-        + [(m, 65536, 256, {"live": True}) for m in ("target_verify", "draft_extend")])
+        + [(m, 65536, 256, {"live": True}) for m in ("target_verify", "draft_extend")]
+        + [("decode", bs, 32768, {"live": True, "schedule": True}) for bs in (64, 1024)])
 QUICK = [("decode", 1, 4096, {"live": True}), ("decode", 8, 4096, {"live": True}),
          ("decode", 1024, 32768, {"live": True}), ("decode", 64, 131072, {"live": True, "cap": 2048}),
          ("decode", 256, 131072, {"live": True, "cap": 4096}), ("target_verify", 8, 4096, {"live": True}),

@@ -18,11 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ._core import BadKind
+from . import schedule as _schedule
 from .schedule import schedule  # noqa: F401  (re-exported: reference.schedule)
 
 if TYPE_CHECKING:
     from ._arrays import Stream
-    from ._metadata import Metadata
+    from ._metadata import Metadata, Schedule
 
 Ints = npt.NDArray[Any]
 Outs = TypeVar("Outs", bound="Sequence[Metadata]")
@@ -113,8 +114,10 @@ def first_error(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: 
 
 def compute(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Optional[Ints],
             req_to_token: Ints, outs: Sequence[Any], *, max_len: int, topk: int, kpool: int,
-            page_size: int, next_n: int, total: int, live: bool) -> None:
-    """Fill every destination in `outs` (objects with SPEC's field names, NumPy arrays or None)."""
+            page_size: int, next_n: int, total: int, live: bool,
+            schedule: Optional[Schedule] = None) -> None:
+    """Fill every destination in `outs` (objects with SPEC's field names, NumPy arrays or None);
+    with `schedule`, FlashMLA's schedule over the rows too (docs/SPEC_schedule.md)."""
     cache, L, row_req, expanded = layout(mode, seq_lens, extend_lens, next_n, total)
     rows = row_req.shape[0]  # in draft_extend, the live rows: min(sum(extend_lens), total)
     nsa = sparse(cache if expanded is None else expanded, topk, kpool)
@@ -128,6 +131,9 @@ def compute(mode: str, seq_lens: Ints, req_pool_indices: Ints, extend_lens: Opti
         "paged_mqa_ctx_lens_2d": (np.repeat(int32(cache)[:, None], next_n, axis=1)
                                   if mode == "target_verify" else None),
     }
+    if schedule is not None:  # FlashMLA's batch is the rows; topk_length: nsa_cache_seqlens
+        fields["tile_scheduler_metadata"], fields["num_splits"] = _schedule.schedule(
+            None if schedule.lengths == "topk" else nsa, rows, topk, schedule.num_sm_parts)
 
     P = req_to_token.shape[0]
     q = np.asarray(req_pool_indices, np.int64)[row_req]

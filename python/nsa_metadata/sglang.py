@@ -25,10 +25,10 @@ import weakref
 from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 from . import _api, _arrays, _core, _validate
-from ._metadata import Metadata
+from ._metadata import Metadata, Schedule
 
 __all__ = ["fused_dsa_decode_metadata", "fused_dsa_target_verify_metadata",
-           "fused_dsa_draft_extend_metadata"]
+           "fused_dsa_draft_extend_metadata", "get_mla_metadata"]
 
 # SGLang's name for each of ours, in error messages.
 _NAMES = {"out.cache_seqlens": "cache_seqlens", "out.cu_seqlens_k": "cu_seqlens_k",
@@ -295,6 +295,59 @@ def fused_dsa_draft_extend_metadata(seq_lens: Any, extend_seq_lens: Any, req_poo
     _run("draft_extend", seq_lens, req_pool_indices, extend_seq_lens, req_to_token, outs, bs,
          max_seqlen_k, total_len, topk=dsa_index_topk, kpool=index_kpool, page_size=page,
          next_n=1, static=static, page_name=page_name, max_name="max_seqlen_k")
+
+
+def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads_k: int,
+                     num_heads_q: Optional[int] = None, is_fp8_kvcache: bool = False,
+                     topk: Optional[int] = None, *,
+                     num_sm_parts: Optional[int] = None) -> Tuple[Any, Any]:
+    """FlashMLA's sparse ``get_mla_metadata`` as SGLang calls it (``_compute_flashmla_metadata``):
+    ``(tile_scheduler_metadata [num_sm_parts, 8], num_splits [len(cache_seqlens) + 1])``, int32,
+    computed by our kernel (one launch on the current stream; docs/SPEC_schedule.md).
+
+    Sparse only (``topk`` given): FlashMLA then schedules ``topk`` tokens for every request and
+    reads nothing of ``cache_seqlens`` but its length. ``num_sm_parts`` defaults to FlashMLA's
+    choice on the arrays' GPU: with ``s_q = num_q_tokens_per_head_k * num_heads_k / num_heads_q``
+    (SGLang passes ``seq_len_q * num_heads_q`` and ``num_heads_k = 1``), ``max(num_sms / s_q /
+    max(1, num_heads_q / 64), 1)`` on SM90 (66 on an H100 for 128 heads) and
+    ``max(num_sms / s_q, 1)`` on SM100. Host arrays need ``num_sm_parts=``.
+
+    Cheaper still: pass ``schedule=nm.Schedule(num_sm_parts)`` to the metadata call that
+    already runs each step (docs/integration.md), which removes this launch altogether.
+    """
+    del is_fp8_kvcache  # (the sparse schedule does not depend on it)
+    if topk is None:
+        raise NotImplementedError("only FlashMLA's sparse schedule (topk=...) is computed here")
+    seq = _validate.index_array("cache_seqlens", cache_seqlens)
+    bs, device = seq.shape[0], seq.device
+    if num_sm_parts is None:
+        if device is None:
+            raise TypeError("num_sm_parts= is required with host arrays")
+        h_q = num_heads_k if num_heads_q is None else num_heads_q
+        num_sm_parts = _flashmla_sm_parts(device, num_q_tokens_per_head_k * num_heads_k // h_q, h_q)
+    # A decode call that writes no page table (max_len 0) on a one-row table: the schedule
+    # and four small 1-D outputs (scratch), nothing else.
+    lib = seq.lib
+    stream = None if device is None else _arrays.current_stream(lib, device)
+
+    def empty(*shape: int) -> Any:
+        return _arrays.empty(lib, device, shape, stream)
+
+    md = Metadata(cache_seqlens=empty(bs), cu_seqlens_k=empty(bs + 1),
+                  nsa_cache_seqlens=empty(bs), nsa_cu_seqlens_k=empty(bs + 1),
+                  tile_scheduler_metadata=empty(num_sm_parts, 8), num_splits=empty(bs + 1))
+    _api.decode(cache_seqlens, cache_seqlens, empty(1, 0), max_len=0, topk=topk,
+                out=md, schedule=Schedule(num_sm_parts, "topk"))
+    return md.tile_scheduler_metadata, md.num_splits
+
+
+def _flashmla_sm_parts(device: int, s_q: int, h_q: int) -> int:
+    import torch  # type: ignore[import-not-found,unused-ignore]  # (SGLang's arrays are torch's)
+    props = torch.cuda.get_device_properties(device)
+    n = int(props.multi_processor_count) // max(s_q, 1)
+    if int(props.major) == 9:
+        n //= max(1, h_q // 64)
+    return max(n, 1)
 
 
 def _forget() -> None:

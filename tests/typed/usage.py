@@ -80,6 +80,15 @@ def main() -> None:
         e.seqlens_expanded, e.nsa_cache_seqlens, e.nsa_cu_seqlens_k, e.real_page_table, bs,
         2 * bs, width, 2048, page, 2, 2 * bs, static_extend_len=True, index_kpool=1)
 
+    # FlashMLA's schedule in the same call, and SGLang's get_mla_metadata
+    sched: nm.Schedule = nm.Schedule(num_sm_parts=66, lengths="sparse")
+    ms: nm.Metadata = nm.decode(seq_lens, pool, table, max_len=width, schedule=sched)
+    assert ms.tile_scheduler_metadata is not None and ms.num_splits is not None
+    nm.target_verify(seq_lens, pool, table, next_n=2, max_len=width, schedule=nm.Schedule(3))
+    nm.prepare("decode", seq_lens, pool, table, out=ms, schedule=sched)(bs, width)
+    tsm, splits = sglang.get_mla_metadata(seq_lens, 128, 1, 128, True, 2048, num_sm_parts=66)
+    assert tsm is not None and splits is not None
+
 
 if __name__ == "__main__":
     main()
