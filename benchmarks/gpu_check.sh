@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
-# ("sglang_host" adds the drop-in's host cost beside SGLang's launcher)
-# (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG;
-# BENCH_ARGS adds options to both, e.g. BENCH_ARGS="--match @"). A carried SGLang wheel in .whl/
-# is installed with --no-deps --target and timed beside ours (--sglang).
+# (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG,
+# "sglang_host" the drop-in's host cost beside SGLang's launcher; BENCH_ARGS adds options to
+# bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"). A carried SGLang wheel in .whl/ is
+# installed with --no-deps --target and timed beside ours (--sglang).
 # Logs go to $OUT (or ./gpu_check_out); the table is printed last.
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
