@@ -16,7 +16,7 @@ import atexit
 import itertools
 import operator
 import threading
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Generic, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 from . import _arrays, _core
 from ._arrays import Arr
@@ -101,8 +101,12 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
     return (mode, topk, kpool, page_size, next_n, live, schedule, many, inputs, tuple(outs))
 
 
-class PlanCache:
-    """A least-recently-used map from cache keys to entries, safe to share between threads.
+E = TypeVar("E")
+
+
+class PlanCache(Generic[E]):
+    """A least-recently-used map from cache keys to entries (a plan and what its caller needs
+    to launch it), safe to share between threads.
 
     Changes (put, clear, eviction) hold the lock; a lookup is one dict read and stamps the entry
     with a use count, so a hit costs one hash of its key. Eviction drops the entry with the
@@ -111,22 +115,23 @@ class PlanCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: Dict[Hashable, List[Any]] = {}  # key -> [plan, current stream, last use]
+        self._entries: Dict[Hashable, List[Any]] = {}  # key -> [entry, last use]
         self._uses = itertools.count()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Optional[Entry]:
+    def get(self, key: Hashable) -> Optional[E]:
         slot = self._entries.get(key)
         if slot is None:
             return None
-        slot[2] = next(self._uses)
-        return slot[0], slot[1]
+        slot[1] = next(self._uses)
+        entry: E = slot[0]
+        return entry
 
-    def put(self, key: Hashable, entry: Entry) -> None:
+    def put(self, key: Hashable, entry: E) -> None:
         with self._lock:
-            self._entries[key] = [entry[0], entry[1], next(self._uses)]
+            self._entries[key] = [entry, next(self._uses)]
             while len(self._entries) > self.capacity:
-                oldest = min(self._entries, key=lambda k: self._entries[k][2])
+                oldest = min(self._entries, key=lambda k: self._entries[k][1])
                 del self._entries[oldest]
 
     def clear(self) -> None:
@@ -137,5 +142,5 @@ class PlanCache:
         return len(self._entries)
 
 
-PLANS = PlanCache(64)
+PLANS: PlanCache[Entry] = PlanCache(64)
 atexit.register(PLANS.clear)  # release the plans before the extension is torn down

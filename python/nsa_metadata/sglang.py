@@ -19,12 +19,12 @@ ValueError naming SGLang's argument.
 
 from __future__ import annotations
 
+import atexit
 import re
-import threading
 import weakref
-from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
 
-from . import _api, _arrays, _core, _validate
+from . import _api, _arrays, _core, _plans, _validate
 from ._metadata import Metadata, Schedule
 
 __all__ = ["fused_dsa_decode_metadata", "fused_dsa_target_verify_metadata",
@@ -74,9 +74,8 @@ class _Bound:
         self.refs, self.ptrs, self.plan, self.stream = refs, ptrs, plan, stream
 
 
-_BOUND: Dict[Hashable, _Bound] = {}
-_BOUND_MAX = 64
-_lock = threading.Lock()
+_BOUND: _plans.PlanCache[_Bound] = _plans.PlanCache(64)  # (the one-shot calls' cache kind)
+atexit.register(_BOUND.clear)  # release the plans before the extension is torn down
 
 
 def _ptrs(is_torch: bool, arrays: Sequence[Any]) -> Tuple[int, ...]:
@@ -185,11 +184,8 @@ def _run(mode: str, seq_lens: Any, pool: Any, ext: Any, table: Any,
             except TypeError:  # an array type without weak references: not cached
                 refs = None
             if refs is not None:
-                with _lock:
-                    while len(_BOUND) >= _BOUND_MAX:
-                        del _BOUND[next(iter(_BOUND))]  # the oldest binding
-                    # the Prepared's plan and stream lookup, not the Prepared: it keeps arrays alive
-                    _BOUND[key] = _Bound(refs, _ptrs(is_torch, persistent), prep._plan, stream)
+                # the Prepared's plan and stream lookup, not the Prepared: it keeps arrays alive
+                _BOUND.put(key, _Bound(refs, _ptrs(is_torch, persistent), prep._plan, stream))
         try:
             prep(bs, max_len, total)
         except ValueError as e:
@@ -352,6 +348,5 @@ def _flashmla_sm_parts(device: int, s_q: int, h_q: int) -> int:
 
 def _forget() -> None:
     """Drop every bound plan (tests)."""
-    with _lock:
-        _BOUND.clear()
+    _BOUND.clear()
 
