@@ -28,6 +28,20 @@ def random_inputs(rng, mode, bs, max_len, *, P=None, W=None, idx_dtype=np.int64,
                 extend_lens=extend_lens, next_n=next_n)
 
 
+class DLPackOnly:
+    """An array that presents itself through DLPack only, as a JAX array does (JAX arrays are
+    immutable: writing through a view of one breaks its owner's guarantees)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
 def rows_of(mode, inp):
     bs = inp["seq_lens"].shape[0]
     if mode == "decode":

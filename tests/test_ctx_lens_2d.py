@@ -9,20 +9,12 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import nsa_metadata as nm
-from nsa_metadata import _plans
 import fakes
 from fakes import FakeTensor
 from helpers import POISON, Lib, call, random_inputs, rows_of
 
 CTX = "paged_mqa_ctx_lens_2d"
 MAX_LEN, PAGE, TOPK, NEXT_N = 40, 16, 30, 3
-
-
-@pytest.fixture(autouse=True)
-def clear_plans():
-    _plans.PLANS.clear()
-    yield
-    _plans.PLANS.clear()
 
 
 def inputs(mode="target_verify", bs=6, seed=0, bad_pool=False):

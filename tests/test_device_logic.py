@@ -12,26 +12,12 @@ import pytest
 
 import nsa_metadata as nm
 from nsa_metadata import _arrays, _core, _plans
-import fakes
 from fakes import SENTINEL, FakeTensor
 from helpers import POISON, call, random_inputs, rows_of
 
 MODES = ["decode", "target_verify", "draft_extend"]
 MAX_LEN, PAGE, TOPK = 40, 16, 30
 KIND = _core.BadKind
-
-
-@pytest.fixture(autouse=True)
-def clear_plans():
-    """The API caches the plans of calls with out=; no test may see another's."""
-    _plans.PLANS.clear()
-    yield
-    _plans.PLANS.clear()
-
-
-@pytest.fixture
-def rec(monkeypatch):
-    return fakes.install(monkeypatch)
 
 
 def inputs(mode, bs=9, seed=0):

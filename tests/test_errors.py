@@ -13,6 +13,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import nsa_metadata as nm
+from helpers import DLPackOnly
 from nsa_metadata import Metadata
 
 POISON = -424_242
@@ -469,27 +470,13 @@ def test_stream_is_validated_on_the_host_too(mode, stream, exc):
         invoke(c)
 
 
-class _ImmutableDLPack:
-    """An array that exports itself through DLPack only, as a JAX array does (which is
-    immutable: writing through a view of it breaks its owner's guarantees)."""
-
-    def __init__(self, a):
-        self.a = a
-
-    def __dlpack__(self, *args, **kwargs):
-        return self.a.__dlpack__(*args, **kwargs)
-
-    def __dlpack_device__(self):
-        return self.a.__dlpack_device__()
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("field", ["cache_seqlens", "page_table_1"])
 def test_dlpack_only_output_is_refused(mode, field):
     """Bug 2: an output seen only through DLPack (JAX) was written in place through torch's
     view of it. Outputs must be arrays the caller's library lets us write."""
     c = valid_call(mode)
-    setattr(c["out"], field, _ImmutableDLPack(getattr(c["out"], field)))
+    setattr(c["out"], field, DLPackOnly(getattr(c["out"], field)))
     snap = snapshot(c) + [(getattr(c["out"], field).a, getattr(c["out"], field).a.copy())]
     with pytest.raises(TypeError, match=rf"out\.{field} is seen only through DLPack"):
         invoke(c)

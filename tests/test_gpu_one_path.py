@@ -9,7 +9,7 @@ import pytest
 
 import nsa_metadata as nm
 from nsa_metadata import _plans
-from helpers import POISON, Lib, random_inputs
+from helpers import POISON, DLPackOnly, Lib, random_inputs
 from test_binding import plan_bytes
 
 pytestmark = pytest.mark.gpu
@@ -127,19 +127,6 @@ def test_outputs_allocated_for_another_stream_are_not_reused_early():
         assert all(bool((t == 7).all()) for t in fresh), "the kernel wrote into reused memory"
 
 
-class _Frozen:
-    """A DLPack-only view of a torch tensor, as a JAX array presents itself."""
-
-    def __init__(self, t):
-        self.t = t
-
-    def __dlpack__(self, *args, **kwargs):
-        return self.t.__dlpack__(*args, **kwargs)
-
-    def __dlpack_device__(self):
-        return self.t.__dlpack_device__()
-
-
 def test_dlpack_only_output_is_refused_and_not_written():
     """Bug 2: refused with a TypeError naming the field; a DLPack-only input stays accepted."""
     torch = pytest.importorskip("torch")
@@ -148,13 +135,13 @@ def test_dlpack_only_output_is_refused_and_not_written():
     md = nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64)
     md.page_table_1.fill_(POISON)
     table = md.page_table_1
-    md.page_table_1 = _Frozen(table)
+    md.page_table_1 = DLPackOnly(table)
     with pytest.raises(TypeError, match=r"out\.page_table_1 is seen only through DLPack"):
         nm.decode(d["seq_lens"], d["req_pool_indices"], d["req_to_token"], max_len=64, out=md)
     torch.cuda.synchronize()
     assert bool((table == POISON).all())
     md.page_table_1 = table
-    nm.decode(_Frozen(d["seq_lens"]), d["req_pool_indices"], d["req_to_token"], max_len=64, out=md)
+    nm.decode(DLPackOnly(d["seq_lens"]), d["req_pool_indices"], d["req_to_token"], max_len=64, out=md)
     want = nm.decode(inp["seq_lens"], inp["req_pool_indices"], inp["req_to_token"], max_len=64)
     np.testing.assert_array_equal(table.cpu().numpy(), want.page_table_1)
 

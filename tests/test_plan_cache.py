@@ -19,19 +19,6 @@ MODES = ["decode", "target_verify", "draft_extend"]
 CAP, W, NEXT_N, EXT, PAGE, TOPK = 12, 64, 3, 2, 16, 30
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    """No test may see another's plans."""
-    _plans.PLANS.clear()
-    yield
-    _plans.PLANS.clear()
-
-
-@pytest.fixture
-def rec(monkeypatch):
-    return fakes.install(monkeypatch)
-
-
 def buffers(mode, seed=0, device=1):
     """FakeTensor inputs of CAP requests and outputs with room for CAP requests and W columns."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from nsa_metadata import _plans
 from nsa_metadata import sglang as sg
 import fakes
 from fakes import SENTINEL, FakeTensor
@@ -42,14 +41,6 @@ RELEASE = {
         "static_extend_len", "index_kpool"],
 }
 MODES = ["decode", "target_verify", "draft_extend"]
-
-
-@pytest.fixture(autouse=True)
-def forget_plans():
-    sg._forget()
-    _plans.PLANS.clear()
-    yield
-    sg._forget()
 
 
 # ----------------------------------------------------------------------------- a batch

@@ -344,9 +344,3 @@ def _flashmla_sm_parts(device: int, s_q: int, h_q: int) -> int:
     if int(props.major) == 9:
         n //= max(1, h_q // 64)
     return max(n, 1)
-
-
-def _forget() -> None:
-    """Drop every bound plan (tests)."""
-    _BOUND.clear()
-
