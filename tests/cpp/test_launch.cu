@@ -6,20 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "check_cuda.h"
 #include "launch.h"
 
 namespace {
 
-#define CHECK_CUDA(x)                                                                   \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
-  } while (0)
-
-constexpr int32_t kPoison = 0x5EEDBEEF;
 
 int32_t trunc32(long long x) { return static_cast<int32_t>(static_cast<uint32_t>(x)); }
 long long floordiv(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }

@@ -9,22 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "check_cuda.h"
 #include "schedule.cuh"
 
 namespace {
 
 namespace sc = nsa::sched;
 
-#define CHECK_CUDA(x)                                                                         \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
-
-constexpr int32_t kPoison = 0x5EEDBEEF;
 constexpr int kGuard = 16;  // poisoned elements after each output, never to be written
 
 struct Sched {
