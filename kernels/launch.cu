@@ -133,7 +133,6 @@ const char* status_string(int status) {
   switch (status) {
     case kOk: return "ok";
     case kBadArgument: return "invalid argument to nsa::launch";
-    case kTooLarge: return "problem too large for one launch";
     case kCudaError: return "CUDA error";
     default: return "unknown status";
   }

@@ -109,8 +109,7 @@ bool schedule_fits(const Params& p, int64_t rows);
 enum Status : int {
   kOk = 0,
   kBadArgument = 1,  // a struct field outside what the host-side validation allows
-  kTooLarge = 2,     // (no longer returned: the grid is bounded by the chip; kept for the numbering)
-  kCudaError = 3,    // see the cudaError_t written to *cuda_error
+  kCudaError = 3,    // see the cudaError_t written to *cuda_error (2 was kTooLarge, retired)
 };
 
 // Launches the one kernel of a call on `stream` of `device` (the caller's current device is
