@@ -27,8 +27,8 @@ OVERHEAD = 5  # FlashMLA's fixed cost of one piece of a request, in blocks
 WIDTH = 8  # int32 fields per part: the last is padding
 INT32_MAX = 2**31 - 1
 
-# tile_scheduler_metadata columns
-BEGIN_REQ, END_REQ, BEGIN_BLOCK, END_BLOCK, BEGIN_SPLIT, FIRST_SPLIT, LAST_SPLIT, PAD = range(WIDTH)
+# tile_scheduler_metadata columns: begin_req_idx, end_req_idx, begin_block_idx, end_block_idx,
+# begin_split_idx, is_first_req_splitted, is_last_req_splitted, pad (written 0)
 
 
 def num_blocks(s: npt.ArrayLike) -> Ints:
