@@ -191,12 +191,14 @@ def random_lengths(rng, bs, kind):
 def test_random_batches(seed, kind):
     rng = np.random.default_rng(1000 * seed + len(kind))
     for _ in range(6):
-        bs = int(rng.choice([rng.integers(0, 40), rng.integers(0, 300), rng.integers(0, 3000)]))
+        bs = int(rng.choice([rng.integers(0, 40), rng.integers(0, 300), rng.integers(0, 3000),
+                             rng.integers(0, 20001)]))
         parts = int(rng.integers(1, 149))
         topk = int(rng.choice([1, 64, 2048, rng.integers(1, 10**6 + 1)]))
         lengths = random_lengths(rng, bs, kind)
         meta, num_splits = assert_agree(lengths, bs, topk, parts)
-        assert_decodable(meta, num_splits, sch.blocks_of(lengths, bs, topk, parts))
+        if bs <= 4096:  # (time: assert_decodable walks the requests in Python)
+            assert_decodable(meta, num_splits, sch.blocks_of(lengths, bs, topk, parts))
 
 
 @pytest.mark.parametrize("bs", [0, 1, 2, 65, 66, 67, 147, 148, 149, 1024, 4096, 11622, 11623,
@@ -207,10 +209,8 @@ def test_edge_batches(bs):
                np.tile([1, 10**6], bs)[:bs], rng.integers(0, 10**6 + 1, bs)]
     for parts in (1, 2, 65, 66, 132, 147, 148):
         for lengths in batches:
-            if bs >= 4096 and parts not in (1, 66, 148):
-                continue  # (time: the greedy is a Python loop)
             meta, num_splits = assert_agree(lengths, bs, 2048, parts)
-            if bs <= 1024:
+            if bs <= 4096:  # (time: assert_decodable walks the requests in Python)
                 assert_decodable(meta, num_splits, sch.blocks_of(lengths, bs, 2048, parts))
 
 
