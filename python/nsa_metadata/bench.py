@@ -321,7 +321,8 @@ def run(configs, progress=True, gpu_only=False, sgl=None, partial=None):
                   file=sys.stderr, flush=True)
         c = Case(mode, bs, ctx, **opts)
         r = dict(mode=mode, bs=bs, ctx=ctx, cap=opts.get("cap"), live=bool(opts.get("live")),
-                 real_only=bool(opts.get("real_only")), bytes=c.bytes, key=name)
+                 real_only=bool(opts.get("real_only")), schedule=bool(opts.get("schedule")),
+                 bytes=c.bytes, key=name)
         r["ours_gpu_us"] = gpu_us(c.ours)
         r["floor_gpu_us"] = copy_floor_us(c.bytes)
         # SGLang writes the live prefix only: a peer of live=True (and of real-only, its wide
@@ -373,6 +374,18 @@ def table(rows, empty_us=None):
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in out])
 
 
+def schedule_cost(rows):
+    """(schedule row's key, GPU us without, with, the difference) for every schedule row whose
+    twin without the schedule (the same key less ",schedule") was measured in the same run."""
+    by_key = {r["key"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r["key"].endswith(",schedule") and r["key"][:-len(",schedule")] in by_key:
+            without, with_ = by_key[r["key"][:-len(",schedule")]]["ours_gpu_us"], r["ours_gpu_us"]
+            out.append((r["key"], without, with_, with_ - without))
+    return out
+
+
 def plot(rows, empty_us, path, title):
     """GPU us of the live rows (ours, SGLang's kernels, the live copy floor) and host us per call."""
     import matplotlib
@@ -381,7 +394,7 @@ def plot(rows, empty_us, path, title):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    base = [r for r in rows if r["live"] and not r["real_only"]]
+    base = [r for r in rows if r["live"] and not r["real_only"] and not r.get("schedule")]
     for mode, color in zip(("decode", "target_verify", "draft_extend"), ("C0", "C1", "C2")):
         rs = sorted((r for r in base if r["mode"] == mode), key=lambda r: r["bytes"])
         x = [r["bytes"] / 1e6 for r in rs]
@@ -433,7 +446,10 @@ FULL = ([(m, bs, ctx, {"live": True}) for m in MODES for bs, ctx in SHAPES]
         + [(m, bs, ctx, {}) for m in MODES for bs, ctx in SHAPES]
         + [("decode", bs, ctx, {"live": True, "real_only": True}) for bs, ctx in SHAPES]
         + [(m, 65536, 256, {"live": True}) for m in ("target_verify", "draft_extend")]
-        + [("decode", bs, 32768, {"live": True, "schedule": True}) for bs in (64, 1024)])
+        # each with its twin without the schedule among the live rows above, so one run gives
+        # the schedule's cost (issue 14: <= 1 us up to bs 1024, <= 3 us at 4096; schedule_cost)
+        + [("decode", bs, ctx, {"live": True, "schedule": True})
+           for bs, ctx in ((1, 4096), (64, 32768), (1024, 32768), (4096, 4096))])
 QUICK = [("decode", 1, 4096, {"live": True}), ("decode", 8, 4096, {"live": True}),
          ("decode", 1024, 32768, {"live": True}), ("decode", 64, 131072, {"live": True, "cap": 2048}),
          ("decode", 256, 131072, {"live": True, "cap": 4096}), ("target_verify", 8, 4096, {"live": True}),
@@ -480,6 +496,8 @@ def main(args):
     print(f"# {title}; K={K} calls per graph; GPU us per call; empty launch: "
           f"{'-' if empty is None else f'{empty:.1f}'} us host")
     print(table(rows, empty))
+    for key, without, with_, more in schedule_cost(rows):
+        print(f"# {key}: {with_:.1f} us, {without:.1f} without the schedule ({more:+.1f} us)")
     if args.plot and not args.gpu_only:
         plot(rows, empty, args.plot, title)
     return 0
