@@ -4,7 +4,9 @@
 # (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG,
 # "sglang_host" the drop-in's host cost beside SGLang's launcher; BENCH_ARGS adds options to
 # bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"). A carried SGLang wheel in .whl/ is
-# installed with --no-deps --target and timed beside ours (--sglang).
+# installed with --no-deps --target and timed beside ours (--sglang). A carried FlashMLA ops library
+# in .flashmla/ (sgl_kernel/flashmla_ops.abi3.so of the sglang-kernel 0.4.5 wheel, built for
+# torch 2.11 + CUDA 13.0) is what tests/test_gpu_schedule.py's parity test compares with.
 # Logs go to $OUT (or ./gpu_check_out); the table is printed last.
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
@@ -25,6 +27,9 @@ SGLANG=()
 if ls .whl/sglang-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sglang-*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && SGLANG=(--sglang)
+fi
+if ls .flashmla/*.so >/dev/null 2>&1; then
+  export NSA_FLASHMLA_OPS=$(ls .flashmla/*.so | head -n 1)
 fi
 
 if want build; then

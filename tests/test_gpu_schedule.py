@@ -1,6 +1,10 @@
 """The launch's FlashMLA schedule (schedule=) against reference.schedule: every byte of poisoned
 buffers, beside every other output, in 1 and 3 destination sets, over random and edge batches
-(rows 1 to 20000 and more in target_verify, lengths 0 to 1M, parts 1 to 148, both sources)."""
+(rows 1 to 20000 and more in target_verify, lengths 0 to 1M, parts 1 to 148, both sources); and
+against FlashMLA's own scheduler where one loads (NSA_FLASHMLA_OPS, see flashmla_scheduler)."""
+
+import importlib
+import os
 
 import numpy as np
 import pytest
@@ -118,29 +122,65 @@ def test_prepared_steps_in_a_cuda_graph(mode):
         np.testing.assert_array_equal(out.num_splits[:n + 1].cpu().numpy(), want[1])
 
 
-def test_parity_with_flashmla():
-    """Our schedule against FlashMLA's own scheduler kernel, where one can be imported."""
-    flash_mla = None
-    for name in ("flash_mla", "sgl_kernel.flash_mla"):
-        try:
-            flash_mla = __import__(name, fromlist=["get_mla_metadata"])
-            break
-        except ImportError:
-            continue
-    if flash_mla is None or not hasattr(flash_mla, "get_mla_metadata"):
-        pytest.skip("no FlashMLA build: neither flash_mla nor sgl_kernel.flash_mla imports")
+# FlashMLA's scheduler as a torch op, get_mla_decoding_metadata(seqlens_k,
+# num_q_tokens_per_head_k, h_k, h_q, is_fp8_kvcache, topk) -> [tile_scheduler_metadata,
+# num_splits], in the namespaces its builds register: sgl-kernel's, then sgl-flash-mla's SM90 and
+# current halves (the latter has no SM90 code).
+FLASHMLA_NAMESPACES = ("sgl_kernel", "flash_mla_legacy", "flash_mla")
+
+
+def flashmla_scheduler():
+    """(name, op) of FlashMLA's own scheduler, loaded from NSA_FLASHMLA_OPS (a path to an ops
+    library, e.g. sgl_kernel/flashmla_ops.abi3.so from the sglang-kernel 0.4.5 wheel, the last
+    one built for torch 2.11 + CUDA 13.0) or registered by an installed sgl_kernel or flash_mla;
+    skips when there is none. A library named in NSA_FLASHMLA_OPS that does not load fails."""
     torch = pytest.importorskip("torch")
+    path = os.environ.get("NSA_FLASHMLA_OPS")
+    if path:
+        torch.ops.load_library(os.path.abspath(path))
+    else:
+        for module in ("sgl_kernel.flash_mla", "flash_mla"):
+            try:
+                importlib.import_module(module)  # registers its ops
+            except Exception:  # absent, or built for another torch/CUDA: nothing to compare with
+                continue
+    for ns in FLASHMLA_NAMESPACES:
+        try:
+            return f"torch.ops.{ns}", getattr(getattr(torch.ops, ns), "get_mla_decoding_metadata")
+        except (AttributeError, RuntimeError):
+            continue
+    if path:
+        raise AssertionError(f"NSA_FLASHMLA_OPS={path} loaded but registers no "
+                             f"get_mla_decoding_metadata in {FLASHMLA_NAMESPACES}")
+    pytest.skip("no FlashMLA scheduler: set NSA_FLASHMLA_OPS to a FlashMLA ops library "
+                "(tests/test_gpu_schedule.py, flashmla_scheduler) or install sgl_kernel")
+
+
+# (s_q, h_q) with h_k = 1 as SGLang calls it: FlashMLA's SM90 parts max(sms / s_q / max(1, h_q /
+# 64), 1) are 66, 33, 22, 132, 44 and 1 on a 132-SM H100
+FLASHMLA_HEADS = [(1, 128), (2, 128), (3, 128), (1, 64), (3, 64), (132, 64)]
+
+
+def test_parity_with_flashmla():
+    """Our schedule against FlashMLA's own scheduler kernel, where one can be loaded: every field
+    but begin_block_idx of the parts after the last request and pad (docs/SPEC_schedule.md), and
+    the part count our get_mla_metadata derives. FlashMLA's op takes no topk_length, so this
+    covers the "topk" source (SGLang's call); reference.schedule covers the other."""
+    name, op = flashmla_scheduler()
+    import torch
     from nsa_metadata import sglang
     rng = np.random.default_rng(14)
-    for bs in (1, 8, 64, 66, 67, 1024, 4096, 11622):
-        cache_seqlens = torch.from_numpy(rng.integers(1, 10**5, bs).astype(np.int32)).cuda()
-        theirs = flash_mla.get_mla_metadata(cache_seqlens, 128, 1, 128, True, 2048)
-        ours = sglang.get_mla_metadata(cache_seqlens, 128, 1, 128, True, 2048)
-        # every field but begin_block_idx and pad of the parts after the last request
-        # (docs/SPEC_schedule.md: FlashMLA's two kernels disagree there)
-        meta_t, meta_o = theirs[0].cpu().numpy(), ours[0].cpu().numpy()
-        empty = meta_o[:, 0] == bs
-        meta_t[empty, 2] = meta_o[empty, 2]
-        meta_t[:, 7] = meta_o[:, 7]
-        np.testing.assert_array_equal(meta_o, meta_t)
-        np.testing.assert_array_equal(ours[1].cpu().numpy(), theirs[1].cpu().numpy())
+    for bs in (1, 2, 8, 64, 65, 66, 67, 132, 133, 1024, 4096, 11622, 11623, 20000):
+        cache_seqlens = torch.from_numpy(rng.integers(0, 10**6, bs).astype(np.int32)).cuda()
+        for s_q, h_q in FLASHMLA_HEADS:
+            for topk in (1, 64, 65, 2048, int(rng.integers(1, 10**6 + 1))):
+                args = (cache_seqlens, s_q * h_q, 1, h_q, True, topk)
+                theirs = [t.cpu().numpy() for t in op(*args)]
+                ours = [t.cpu().numpy() for t in sglang.get_mla_metadata(*args)]
+                where = f"{name}: bs {bs}, s_q {s_q}, h_q {h_q}, topk {topk}"
+                assert ours[0].shape == theirs[0].shape, where  # the same num_sm_parts
+                empty = ours[0][:, 0] == bs  # parts after the last request
+                theirs[0][empty, 2] = ours[0][empty, 2]
+                theirs[0][:, 7] = ours[0][:, 7]
+                np.testing.assert_array_equal(ours[0], theirs[0], err_msg=where)
+                np.testing.assert_array_equal(ours[1], theirs[1], err_msg=where)
