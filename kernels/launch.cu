@@ -58,7 +58,7 @@ Grid plan_grid(int64_t bs, int64_t steps, int64_t target) {
   return g;
 }
 
-template <Mode M, int kTables, int kSlots>
+template <Mode M, int kTables, int kSlots, bool kSmall>
 cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& p, const Shape& shape,
                             const Grid& grid, cudaStream_t stream) {
   Args<kSlots> a{};
@@ -75,7 +75,7 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
     a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
   void* args[] = {&a};
   // The launch's own return code: an earlier error elsewhere is neither reported nor cleared.
-  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(),
+  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots, kSmall>), grid.dims(),
                           dim3(kThreads), args, 0, stream);
 }
 
@@ -83,24 +83,36 @@ using LaunchFn = cudaError_t (*)(const Inputs&, const Outputs&, const Params&, c
                                  cudaStream_t);
 
 template <Mode M, int kTables>
-LaunchFn by_slots(int n) {
-  if (n == 1) return launch_instance<M, kTables, 1>;
-  if (n <= 4) return launch_instance<M, kTables, 4>;
-  return launch_instance<M, kTables, kMaxDests>;
+LaunchFn by_slots(int n, bool small) {
+  if (n == 1) return small ? launch_instance<M, kTables, 1, true> : launch_instance<M, kTables, 1, false>;
+  if (n <= 4) return launch_instance<M, kTables, 4, false>;
+  return launch_instance<M, kTables, kMaxDests, false>;
 }
 
 template <Mode M>
-LaunchFn by_tables(int tables, int n) {
-  if (tables == kRealTable) return by_slots<M, kRealTable>(n);
-  if (tables == kPageTable1) return by_slots<M, kPageTable1>(n);
-  return by_slots<M, kBothTables>(n);  // also when no table is written (no page programs)
+LaunchFn by_tables(int tables, int n, bool small) {
+  if (tables == kRealTable) return by_slots<M, kRealTable>(n, small);
+  if (tables == kPageTable1) return by_slots<M, kPageTable1>(n, small);
+  return by_slots<M, kBothTables>(n, small);  // also when no table is written (no page programs)
 }
 
-// Which kernel instance runs for (mode, tables written, destination slots).
-LaunchFn choose_kernel(Mode mode, int tables, int n) {
-  if (mode == Mode::decode) return by_tables<Mode::decode>(tables, n);
-  if (mode == Mode::target_verify) return by_tables<Mode::target_verify>(tables, n);
-  return by_tables<Mode::draft_extend>(tables, n);
+// Which kernel instance runs for (mode, tables written, destination slots, the small path).
+LaunchFn choose_kernel(Mode mode, int tables, int n, bool small) {
+  if (mode == Mode::decode) return by_tables<Mode::decode>(tables, n, small);
+  if (mode == Mode::target_verify) return by_tables<Mode::target_verify>(tables, n, small);
+  return by_tables<Mode::draft_extend>(tables, n, small);
+}
+
+// Whether every page_table_1 row read or written starts on 16 bytes (copy_request's phase 0).
+bool rows_aligned(const Inputs& in, const Outputs& out) {
+  const auto on16 = [](const int32_t* row0, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(row0) % 16 == 0 && stride % 4 == 0;
+  };
+  if (!on16(in.req_to_token, in.row_stride)) return false;
+  for (int d = 0; d < out.n; ++d)
+    if (out.dest[d].page_table_1 != nullptr && !on16(out.dest[d].page_table_1, out.dest[d].page_table_1_stride))
+      return false;
+  return true;
 }
 
 // Sets the device, runs f (which returns a cudaError_t), restores the device.
@@ -181,7 +193,11 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     if (err != cudaSuccess) return err;
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
-    return choose_kernel(p.mode, tables, out.n)(in, out, p, shape, grid, stream);
+    // the small path: what engines run at small batches, with the shortest chain of instructions
+    const bool small = out.n == 1 && p.status == nullptr && p.num_sm_parts == 0 && in.bs <= 32 &&
+                       grid.per_group == 1 && rows_aligned(in, out) &&
+                       ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
+    return choose_kernel(p.mode, tables, out.n, small)(in, out, p, shape, grid, stream);
   });
 }
 
