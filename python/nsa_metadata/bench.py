@@ -330,7 +330,9 @@ def run(configs, progress=True, gpu_only=False, sgl=None, partial=None):
         sgl_ok = sgl is not None and (r["live"] or r["real_only"]) and bs <= 4096
         r["sglang_gpu_us"] = gpu_us(c.sglang(sgl)) if sgl_ok else None
         # torch ops have no live or real-only form: they always build the full wide table
-        r["torch_gpu_us"] = gpu_us(c.torch) if not gpu_only and not r["real_only"] else None
+        # (torch ops build no schedule: a schedule row has no torch figure)
+        torch_peer = not gpu_only and not r["real_only"] and not r["schedule"]
+        r["torch_gpu_us"] = gpu_us(c.torch) if torch_peer else None
         if not gpu_only:
             r["ours_host_us"] = host_us(c.ours)
             r["ours_varying_host_us"] = host_us(c.ours_varying)
