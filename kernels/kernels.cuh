@@ -9,7 +9,11 @@
 //   reads the live source columns of steps s, s + splits, ... once and writes them to each of the
 //   request's rows in every destination, taking the real table from the same loads. The launcher
 //   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
-//   costs few idle programs.
+//   costs few idle programs;
+// - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread,
+//   its walk (per-row lengths) by block (0, 0) after the 1-D outputs;
+// - the small path (kSmall, chosen by the launcher) is the same with the 1-D outputs by one warp
+//   and page programs that skip the general path's loops and alignment tests.
 // Latency is a chain of dependent instructions at small sizes, so indices are 32-bit (requests,
 // rows and columns are int32 by SPEC; pointer offsets stay 64-bit) and every loop that stores
 // has one store site.
@@ -289,20 +293,30 @@ struct WrittenLengths {
   __device__ int32_t operator()(int32_t r) const { return nsa_cache_seqlens[r]; }
 };
 
-// FlashMLA's schedule over the rows, by the whole block after meta_block (every thread calls it).
-// topk for every row: the host's closed form, no barrier; per-row lengths: the walk, which reads
-// the nsa_cache_seqlens of destination 0 once the barrier has made them visible. Kept out of line:
-// the page programs never run it, and inlined it would raise the kernel's register count.
+// FlashMLA's schedule from per-row lengths (ScheduleLengths::sparse): the walk, by the whole
+// metadata block after its 1-D outputs (every thread calls it), reading the nsa_cache_seqlens of
+// destination 0 once the barrier has made them visible. Kept out of line: the page programs never
+// run it, and inlined it would raise the kernel's register count.
 template <int kSlots>
 __device__ __noinline__ void schedule_block(const Args<kSlots>& a) {
   static_assert(kThreads == sched::kWalkThreads, "the walk runs on the metadata block");
   const ScheduleSink<kSlots> sink{a};
-  if (a.p.schedule_lengths == ScheduleLengths::topk) {
-    sched::schedule_uniform(a.uniform, sink, static_cast<int32_t>(threadIdx.x), kThreads);
-    return;
-  }
-  __syncthreads();  // meta_block's stores of nsa_cache_seqlens
+  __syncthreads();  // the stores of nsa_cache_seqlens
   sched::schedule_walk(WrittenLengths{a.dest[0].nsa_cache_seqlens}, a.rows, a.p.num_sm_parts, sink);
+}
+
+// FlashMLA's schedule with topk for every row: the host's closed form, no barrier, spread over
+// every thread of the grid so no block runs more than a few entries (num_splits has rows + 1).
+// Blocks without a page program come first and the metadata block last: at small batches those
+// two are what the launch waits for. (Out of line, as schedule_block.)
+template <int kSlots>
+__device__ __noinline__ void schedule_spread(const Args<kSlots>& a) {
+  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
+  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
+  // blocks (0, s >= 1) -> 0 .. gy - 2; page programs (1 + g, s) -> gy - 1 ..; block (0, 0) last
+  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
+  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, rank * kThreads + static_cast<int32_t>(threadIdx.x),
+                          gx * gy * kThreads);
 }
 
 // ------------------------------------------------------------------ page programs
@@ -524,25 +538,28 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   }
 }
 
-// kSmall (one destination set, bs <= 32, aligned rows, power-of-two pages, no check, no schedule):
+// kSmall (one destination set, bs <= 32, aligned rows, power-of-two pages, no check, no schedule
+// walk):
 // the 1-D outputs by one warp and page programs without the general path's loops and tests.
 template <Mode M, int kTables, int kSlots, bool kSmall = false>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
+  // (uniform branches on parameters: the path without the schedule is unchanged)
+  constexpr bool kScheduled = M != Mode::draft_extend;
   if (blockIdx.x > 0) {
     page_program<M, kTables, kSmall>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
-  } else if (kSmall) {
-    if (blockIdx.y == 0 && threadIdx.x < 32) meta_warp<M>(a);
   } else if (blockIdx.y == 0) {
-    if (a.p.status != nullptr) {
+    if constexpr (kSmall) {
+      if (threadIdx.x < 32) meta_warp<M>(a);
+    } else if (a.p.status != nullptr) {
       meta_block<M, true>(a);
     } else {
       meta_block<M, false>(a);
     }
-    // (a uniform branch on a parameter: the fast path without the schedule is unchanged)
-    if constexpr (M != Mode::draft_extend) {
-      if (a.p.num_sm_parts > 0) schedule_block(a);
+    if constexpr (kScheduled && !kSmall) {  // (the host leaves the walk off the small path)
+      if (a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::sparse) schedule_block(a);
     }
   }
+  if (kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk) schedule_spread(a);
 }
 
 }  // namespace nsa

@@ -194,7 +194,8 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
     // the small path: what engines run at small batches, with the shortest chain of instructions
-    const bool small = out.n == 1 && p.status == nullptr && p.num_sm_parts == 0 && in.bs <= 32 &&
+    const bool small = out.n == 1 && p.status == nullptr && in.bs <= 32 &&
+                       (p.num_sm_parts == 0 || p.schedule_lengths == ScheduleLengths::topk) &&
                        grid.per_group == 1 && rows_aligned(in, out) &&
                        ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
     return choose_kernel(p.mode, tables, out.n, small)(in, out, p, shape, grid, stream);
