@@ -539,8 +539,7 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
 }
 
 // kSmall (one destination set, bs <= 32, aligned rows, power-of-two pages, no check, no schedule
-// walk):
-// the 1-D outputs by one warp and page programs without the general path's loops and tests.
+// walk): the 1-D outputs by one warp and page programs without the general path's loops and tests.
 template <Mode M, int kTables, int kSlots, bool kSmall = false>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   // (uniform branches on parameters: the path without the schedule is unchanged)
