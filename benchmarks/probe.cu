@@ -2,6 +2,7 @@
 // empty kernel of the same grid, each as a CUDA graph of K calls over rotating input sets
 // (median replay / K), so a kernel change can be judged without the package.
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Ikernels benchmarks/probe.cu kernels/launch.cu -o probe
+// (or the nsa_probe target of a -DNSA_BUILD_TESTS=ON build). Exits 77 without a GPU.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
