@@ -1,6 +1,8 @@
 // Latency probe for small batches (no Python): our launch against a minimal decode kernel and an
 // empty kernel of the same grid, each as a CUDA graph of K calls over rotating input sets
-// (median replay / K), so a kernel change can be judged without the package.
+// (median replay / K), so a kernel change can be judged without the package. PROBE_EAGER=1
+// launches each kernel a few times without a graph instead, as a target for Nsight Compute
+// (ncu -k regex:"min_kernel|metadata_kernel" ./probe).
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Ikernels benchmarks/probe.cu kernels/launch.cu -o probe
 // (or the nsa_probe target of a -DNSA_BUILD_TESTS=ON build). Exits 77 without a GPU.
 #include <algorithm>

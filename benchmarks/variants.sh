@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kernel variants (sm_90 only) and print each one's GPU table: bash benchmarks/variants.sh "-DNSA_UNROLL=8" ...
+# Build kernel variants (sm_90 only) and print each one's GPU table: bash benchmarks/variants.sh "-DNSA_PROGRAMS_PER_SM=8" "-DNSA_MIN_BLOCKS=6"
 set -u
 for flags in "$@"; do
   echo "=== variant: ${flags:-default}"
