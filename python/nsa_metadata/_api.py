@@ -51,22 +51,19 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
     handle = current_stream() if c.stream is None else c.stream
     if c.outs is None:
         md = _allocate(c, handle)
-        dests = _validate.destinations(md, _validate.shapes(mode, c.bs, c.next_n, c.total,
-                                                            c.max_len, c.page_size,
-                                                            _validate.parts_of(c.schedule)),
-                                       device, c.page_size)[1]
+        dests = _validate.destinations(md, c.regions, device, c.page_size)[1]
         cap = c.step_capacity()
     else:
         assert c.dests is not None
         dests = c.dests
-        cap = (c.whole_capacity() if key is not None and not c.check else None) or c.step_capacity()
+        cap = (c.whole_capacity() if key is not None else None) or c.step_capacity()
     status = _arrays.empty_status(c.lib, device, handle) if c.check else None
     plan = _plans.bind(mode, c.arrs, dests, cap, topk=c.topk, kpool=c.kpool,
                        page_size=c.page_size, next_n=c.next_n, live=c.live,
                        status=0 if status is None else _arrays.describe(status, "status").ptr,
                        schedule=c.schedule)
     plan.launch(c.bs, c.max_len, c.total, handle)
-    if key is not None and not c.check:
+    if key is not None:  # (only a call with check=False has a key)
         _plans.PLANS.put(key, (plan, current_stream))
     if status is not None:  # synchronises: check=True is the debugging mode
         _arrays.synchronize(c.lib, device, handle)  # the kernel's stream, maybe not the current one
@@ -78,8 +75,7 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
 
 def _allocate(c: _validate.Call, stream: Optional[int]) -> Metadata:
     """New outputs for call `c`, with its inputs' library on their device, for `stream`."""
-    want = _validate.shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size,
-                            _validate.parts_of(c.schedule))
+    want = c.regions
     md = Metadata(**{f: None if s is None else _arrays.empty(c.lib, c.device, s, stream)
                      for f, s in want.items() if f not in ("real_page_table", CTX_2D)})
     real = want["real_page_table"]

@@ -7,7 +7,7 @@ from typing import List
 
 from . import _arrays, reference
 from ._metadata import FIELDS, Metadata
-from ._validate import Call, parts_of, raise_bad_element, shapes
+from ._validate import Call, raise_bad_element
 
 
 def run(c: Call, outs: List[Metadata]) -> None:
@@ -16,8 +16,7 @@ def run(c: Call, outs: List[Metadata]) -> None:
     views = [_arrays.host_view(a) for a in c.arrs]
     seq_lens, pool, table = views[:3]
     extend_lens = views[3] if c.mode == "draft_extend" else None
-    produced = shapes(c.mode, c.bs, c.next_n, c.total, c.max_len, c.page_size,
-                      parts_of(c.schedule))
+    produced = c.regions
     host_outs = [Metadata(**{f: None if getattr(md, f) is None or produced[f] is None else
                              _arrays.host_view(_arrays.describe(getattr(md, f), f))
                              for f in FIELDS}) for md in outs]

@@ -300,12 +300,17 @@ class Call:
     """A validated one-shot call: its arrays, its step and the scalars a plan binds."""
 
     def __init__(self, mode: str, arrs: List[Arr], outs: Optional[List[Metadata]],
-                 dests: Optional[Dests], bs: int, rows: int, max_len: int, total: int, topk: int,
-                 kpool: int, page_size: int, next_n: int, live: bool, check: bool,
+                 dests: Optional[Dests], regions: Regions, bs: int, max_len: int, total: int,
+                 topk: int, kpool: int, page_size: int, next_n: int, live: bool, check: bool,
                  stream: Optional[int], schedule: Optional[Schedule] = None) -> None:
         self.mode, self.arrs, self.outs, self.dests = mode, arrs, outs, dests
         self.schedule = schedule
-        self.bs, self.rows, self.max_len, self.total = bs, rows, max_len, total
+        self.regions = regions  # what this step writes of each output (shapes)
+        nsa = regions["nsa_cache_seqlens"]
+        real = regions["real_page_table"]
+        assert nsa is not None and real is not None
+        self.rows, self.real_width = nsa[0], real[1]
+        self.bs, self.max_len, self.total = bs, max_len, total
         self.topk, self.kpool, self.page_size, self.next_n = topk, kpool, page_size, next_n
         self.live, self.check, self.stream = live, check, stream
         self.device: Optional[int] = arrs[0].device
@@ -314,7 +319,7 @@ class Call:
     def step_capacity(self) -> _core.Capacity:
         """Exactly this step's extents."""
         return _core.Capacity(bs=self.bs, rows=self.rows, width=self.max_len,
-                              real_width=-(-self.max_len // self.page_size))
+                              real_width=self.real_width)
 
     def whole_capacity(self) -> Optional[_core.Capacity]:
         """The capacities of the given buffers when they are valid whole (layout, no overlap
@@ -360,14 +365,13 @@ def one_shot(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
     else:
         total = 0
     want = shapes(mode, bs, next_n, total, max_len, page_size, parts_of(sched))
-    rows = bs * next_n if mode == "target_verify" else total if mode == "draft_extend" else bs
-    check_schedule_fits(sched, rows, topk, kpool)
-    outs = dests = None
+    c = Call(mode, arrs, None, None, want, bs, max_len, total, topk, kpool, page_size, next_n,
+             live, check, handle, sched)
+    check_schedule_fits(sched, c.rows, topk, kpool)
     if out is not None:
-        outs, dests, spans = destinations(out, want, device, page_size)
+        c.outs, c.dests, spans = destinations(out, want, device, page_size)
         check_disjoint(spans + input_spans(arrs))
-    return Call(mode, arrs, outs, dests, bs, rows, max_len, total, topk, kpool, page_size,
-                next_n, live, check, handle, sched)
+    return c
 
 
 def check_total(total: int, arrs: Sequence[Arr]) -> None:

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from . import _api
+from .reference import MODES
 
 K = 16      # calls per graph
 SETS = 4    # rotating input/output sets (more when a set fits in L2)
@@ -439,7 +440,6 @@ TRITON_MAIN = {
     "draft_extend 1024x32768 live": 232.9, "draft_extend 64x131072@2048 live": 6.3,
     "decode 8x4096 real_only": 2.0, "decode 64x32768 real_only": 7.6,
 }
-MODES = ("decode", "target_verify", "draft_extend")
 SHAPES = [(1, 4096), (8, 4096), (32, 8192), (64, 32768), (256, 32768), (1024, 32768), (4096, 4096),
           (16, 131072)]
 STATIC = [(1, 131072, 2048), (64, 131072, 2048), (256, 131072, 4096)]  # graph width, lengths <= cap

@@ -13,10 +13,8 @@ import numpy as np
 import nsa_metadata as nm
 
 from . import __version__, reference
-
-MODES = ("decode", "target_verify", "draft_extend")
-FIELDS = ("cache_seqlens", "cu_seqlens_k", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-          "page_table_1", "real_page_table", "seqlens_expanded")  # SPEC's outputs, in order
+from ._metadata import FIELDS  # SPEC's outputs, in order (a demo leaves the optional ones None)
+from .reference import MODES
 DEMO_MAX_ELEMENTS = 1 << 26  # the largest table: 256 MiB of int32
 
 

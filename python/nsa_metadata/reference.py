@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from ._core import BadKind
 from . import schedule as _schedule
-from .schedule import schedule  # noqa: F401  (re-exported: reference.schedule)
+from .schedule import INT32_MAX, cumsum0, schedule  # noqa: F401  (schedule re-exported)
 
 if TYPE_CHECKING:
     from ._arrays import Stream
@@ -29,7 +29,7 @@ Ints = npt.NDArray[Any]
 Outs = TypeVar("Outs", bound="Sequence[Metadata]")
 
 MODES = ("decode", "target_verify", "draft_extend")
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT32_MIN = -(2**31)
 
 # check=True's error kinds (kernels/launch.h, exported by the extension), in the order they win
 # when one request has several: the first bad element is the one with the smallest
@@ -47,11 +47,6 @@ def sparse(x: npt.ArrayLike, topk: int, kpool: int) -> Ints:
     if kpool == 1:
         return int32(np.minimum(x, topk))
     return int32(np.minimum((x // kpool) * kpool, topk) + x % kpool)
-
-
-def cumsum0(v: npt.ArrayLike) -> Ints:
-    """[0, v0, v0+v1, ...] exactly (int64); callers truncate."""
-    return np.concatenate([np.zeros(1, np.int64), np.cumsum(np.asarray(v, np.int64))])
 
 
 def layout(mode: str, seq_lens: Ints, extend_lens: Optional[Ints], next_n: int,

@@ -207,4 +207,5 @@ def fields(n: Ints, u: Ints) -> Tuple[Ints, Ints]:
 
 
 def cumsum0(v: npt.ArrayLike) -> Ints:
+    """[0, v0, v0+v1, ...] exactly (int64); callers truncate."""
     return np.concatenate([np.zeros(1, np.int64), np.cumsum(np.asarray(v, np.int64))])

@@ -104,7 +104,7 @@ def _key(mode: str, index: Sequence[Any], table: Any, persistent: Sequence[Any],
     inputs = _arrays.input_keys(t, is_torch, index, table)
     if inputs is None or not all(a is None or type(a) is t for a in persistent):
         return None
-    return (mode, scalars, inputs, tuple([len(a) for a in index]),
+    return (mode, scalars, inputs, tuple([a.shape[0] for a in index]),
             tuple([id(a) for a in persistent])), is_torch
 
 
