@@ -1,5 +1,6 @@
 """GPU markers that skip cleanly (`gpu` needs one CUDA device, `two_gpus` needs two), and the
-fixtures every test file shares: plan caches emptied around each test, the fake device."""
+fixtures every test file shares: plan caches emptied around each test, the fake device, the
+array library a GPU test runs with."""
 
 import pytest
 
@@ -47,3 +48,12 @@ def rec(monkeypatch):
     import fakes
 
     return fakes.install(monkeypatch)
+
+
+@pytest.fixture(params=["torch", "cupy"])
+def lib(request):
+    """The GPU tests' array library: torch, then CuPy (each skipped when not installed)."""
+    from helpers import Lib
+
+    pytest.importorskip(request.param)
+    return Lib(request.param)

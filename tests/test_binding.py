@@ -86,7 +86,9 @@ def plan_bytes(plan):
 
 def test_a_launch_leaves_the_plan_as_bound():
     """Bug 6: the launch wrote bs, max_len and total into the plan's own fields before
-    launching, safe only while the GIL serialises calls. Now every step is a local copy."""
+    launching, safe only while the GIL serialises calls. Now every step is a local copy. Here
+    (no GPU: a host plan) this covers check() and a refused launch only; the launch itself is
+    covered on the device by test_gpu_one_path.py::test_prepared_launches_leave_the_plan_as_bound."""
     plan = host_plan()
     before = plan_bytes(plan)
     assert struct.pack("<q", MARK) in before, "the snapshot must see the plan's fields"

@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import as_strided
 import nsa_metadata as nm
 import fakes
 from fakes import FakeTensor
-from helpers import POISON, Lib, call, random_inputs, rows_of
+from helpers import POISON, call, random_inputs, rows_of
 
 CTX = "paged_mqa_ctx_lens_2d"
 MAX_LEN, PAGE, TOPK, NEXT_N = 40, 16, 30, 3
@@ -217,11 +217,6 @@ def test_a_cached_plan_is_keyed_on_it(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the device
-
-@pytest.fixture(params=["torch", "cupy"])
-def lib(request):
-    pytest.importorskip(request.param)
-    return Lib(request.param)
 
 
 @pytest.mark.gpu

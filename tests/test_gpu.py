@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from helpers import Lib, call, check_device_matches_reference, random_inputs, rows_of
+from helpers import call, check_device_matches_reference, random_inputs, rows_of
 
 pytestmark = pytest.mark.gpu
-LIBS = ["torch", "cupy"]
 MODES = ["decode", "target_verify", "draft_extend"]
 TABLES = {"both": ("page_table_1", "real_page_table"), "pt1": ("page_table_1",),
           "real": ("real_page_table",), "none": ()}
-
-
-@pytest.fixture(params=LIBS)
-def lib(request):
-    pytest.importorskip(request.param)
-    return Lib(request.param)
 
 
 @pytest.mark.parametrize("mode", MODES)

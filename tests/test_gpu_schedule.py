@@ -16,11 +16,6 @@ pytestmark = pytest.mark.gpu
 MODES = ["decode", "target_verify"]
 
 
-@pytest.fixture(params=["torch", "cupy"])
-def lib(request):
-    pytest.importorskip(request.param)
-    return Lib(request.param)
-
 
 def batch(rng, mode, bs, lengths, max_len=70):
     """Inputs whose seq_lens follow `lengths` (the page tables stay max_len wide)."""

@@ -14,11 +14,6 @@ CAP_BS, W, NEXT_N, MAX_EXT, PS = 24, 300, 3, 4, 16
 REPLAYS = 20 if os.environ.get("NSA_SANITIZE") else 1000  # under compute-sanitizer: fewer
 
 
-@pytest.fixture(params=["torch", "cupy"])
-def lib(request):
-    pytest.importorskip(request.param)
-    return Lib(request.param)
-
 
 def persistent(lib, mode, rng, tables=("page_table_1", "real_page_table")):
     """Graph-style buffers: inputs of capacity CAP_BS, outputs of capacity rows, all poisoned."""

@@ -17,8 +17,8 @@ import nsa_metadata as nm
 from nsa_metadata import sglang as sg
 import fakes
 from fakes import SENTINEL, FakeTensor
+from helpers import POISON
 
-POISON = -0x5EEDBEF
 P, W, CAP, NEXT_N, EXT = 12, 300, 8, 3, 4
 
 # SGLang 0.5.23's parameters in order (sglang/kernels/ops/attention/dsa/kpool_metadata/*.py,
@@ -342,13 +342,16 @@ def test_new_buffers_or_a_new_batch_bind_again(monkeypatch):
 
 
 def test_a_dead_buffer_is_never_launched_into(monkeypatch):
+    # a new buffer object at the dead one's id() and address: only the weak reference tells them
+    # apart (CPython may or may not reuse the id, so the test makes it)
     rec = fakes.install(monkeypatch)
     d, b = on_fake_device(batch(17), buffers("decode", 64))
     call_sglang("decode", d, b, page_size=64)
-    keep = b["cache_seqlens"].a
+    keep, dead_id = b["cache_seqlens"].a, id(b["cache_seqlens"])
     del b["cache_seqlens"]
     gc.collect()
-    b["cache_seqlens"] = FakeTensor(keep)
+    new = b["cache_seqlens"] = FakeTensor(keep)
+    monkeypatch.setattr(sg, "id", lambda a: dead_id if a is new else id(a), raising=False)
     call_sglang("decode", d, b, page_size=64)
     assert len(rec.plans) == 2
 
@@ -469,6 +472,10 @@ def test_device_equals_the_reference_and_binds_once(mode, page_size, wide, stati
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         call_sglang(mode, dd, db, page_size=page_size, static=static, total=total)
+    for v in db.values():  # the eager calls wrote `want` already: only the replay may write now
+        if v is not None:
+            v.fill_(POISON)
     g.replay()
     torch.cuda.synchronize()
+    assert len(sg._BOUND) == 1, "the captured call took the bound plan"
     assert_same({k: None if v is None else v.cpu().numpy() for k, v in db.items()}, want)

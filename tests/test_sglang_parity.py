@@ -25,10 +25,10 @@ torch = pytest.importorskip("torch")
 import nsa_metadata as nm  # noqa: E402
 from nsa_metadata import bench  # noqa: E402
 from nsa_metadata import sglang as ours  # noqa: E402
+from helpers import POISON
 
 pytestmark = pytest.mark.gpu
 
-POISON = -0x5EEDBEF
 P, W, CAP, NEXT_N, EXT, TOPK = 50, 700, 40, 3, 4, 64
 KPOOL_DIR = "sglang/kernels/ops/attention/dsa/kpool_metadata/"
 NAMES = {"decode": "fused_dsa_decode_metadata", "target_verify": "fused_dsa_target_verify_metadata",
@@ -190,17 +190,18 @@ def run_case(fn_sgl, fn_ours, mode, *, seed, bs, idx, page_size, wide, static=Fa
 def cases():
     """mode x tables (page 1; page 64 with both tables; page 64 real table only) x the mode's
     switch (draft_extend: static_extend_len; target_verify: the 2-D context lengths), at two
-    batch sizes; indices int32 or int64 by turns."""
+    batch sizes; indices int32 at one of them and int64 at the other, alternating."""
     out = []
     tables = [(1, True), (64, True), (64, False)]
     for k, (mode, (ps, wide), switch, bs) in enumerate(itertools.product(
             ("decode", "target_verify", "draft_extend"), tables, (False, True), (5, 37))):
         if mode == "decode" and switch:
             continue
-        out.append(pytest.param(mode, ps, wide, switch, bs, (np.int32, np.int64)[k % 2],
+        i64 = (k // 2 + k) % 2  # each combination gets both dtypes, one per batch size
+        out.append(pytest.param(mode, ps, wide, switch, bs, (np.int32, np.int64)[i64],
                                 id=f"{mode}-page{ps}-{'both' if wide else 'real'}-"
                                    f"{'static' if mode == 'draft_extend' and switch else 'ctx' if switch else 'plain'}"
-                                   f"-bs{bs}-{'i32' if k % 2 == 0 else 'i64'}"))
+                                   f"-bs{bs}-{'i64' if i64 else 'i32'}"))
     return out
 
 
