@@ -20,6 +20,7 @@ ValueError naming SGLang's argument.
 from __future__ import annotations
 
 import atexit
+import functools
 import re
 import weakref
 from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
@@ -308,8 +309,10 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
     max(1, num_heads_q / 64), 1)`` on SM90 (66 on an H100 for 128 heads) and
     ``max(num_sms / s_q, 1)`` on SM100. Host arrays need ``num_sm_parts=``.
 
-    Cheaper still: pass ``schedule=nm.Schedule(num_sm_parts)`` to the metadata call that
-    already runs each step (docs/integration.md), which removes this launch altogether.
+    Like FlashMLA's call, it allocates its two outputs on every call (and four small scratch
+    arrays for the 1-D outputs the launch also writes). Cheaper: pass
+    ``schedule=nm.Schedule(num_sm_parts)`` to the metadata call that already runs each step
+    (docs/integration.md), which removes this launch and these allocations altogether.
     """
     del is_fp8_kvcache  # (the sparse schedule does not depend on it)
     if topk is None:
@@ -337,6 +340,7 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
     return md.tile_scheduler_metadata, md.num_splits
 
 
+@functools.lru_cache(maxsize=None)  # (per device and head layout: no driver query per call)
 def _flashmla_sm_parts(device: int, s_q: int, h_q: int) -> int:
     import torch  # type: ignore[import-not-found,unused-ignore]  # (SGLang's arrays are torch's)
     props = torch.cuda.get_device_properties(device)
