@@ -427,7 +427,7 @@ def _have(module):
         return False
 
 
-class _DLPackOnly:
+class _UnreadableDLPack:
     def __dlpack__(self, stream=None):
         raise BufferError("not really")
 
@@ -438,7 +438,7 @@ class _DLPackOnly:
 @pytest.mark.skipif(_have("torch") or _have("cupy"), reason="only without torch and CuPy")
 def test_dlpack_input_without_torch_or_cupy_is_a_type_error():
     with pytest.raises(TypeError, match="seq_lens"):
-        nm.decode(_DLPackOnly(), a32(0, 1), table(), max_len=2)
+        nm.decode(_UnreadableDLPack(), a32(0, 1), table(), max_len=2)
 
 
 # ----------------------------------------------------------------------------- issue 13 bugs
