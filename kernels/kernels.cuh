@@ -11,9 +11,8 @@
 //   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
 //   costs few idle programs;
 // - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread,
-//   its walk (per-row lengths) by block (0, 0) after the 1-D outputs;
-// - the small path (kSmall, chosen by the launcher) is the same with the 1-D outputs by one warp
-//   and page programs that skip the general path's loops and alignment tests.
+//   its walk (per-row lengths) by block (0, 0) after the 1-D outputs.
+// Small batches run a kernel of their own (small.cuh), chosen by the launcher.
 // Latency is a chain of dependent instructions at small sizes, so indices are 32-bit (requests,
 // rows and columns are int32 by SPEC; pointer offsets stay 64-bit) and every loop that stores
 // has one store site.
@@ -120,17 +119,10 @@ __device__ inline unsigned long long bad_key(int64_t i, int kind) {
 
 // sum of sparse(seqlens_expanded) over the rows of one request (draft_extend: over at most
 // `rows` of them; only rows below the total are ever written).
-template <Mode M>
-__device__ inline int64_t nsa_sum(int32_t lens, int64_t nrows, int64_t rows, const Params& p) {
-  if constexpr (M == Mode::decode) return sparse(lens, p.topk, p.kpool);
-  if constexpr (M == Mode::target_verify) {
-    int64_t s = 0;
-    for (int64_t j = 0; j < nrows; ++j) s += sparse(expanded<M>(lens, nrows, j), p.topk, p.kpool);
-    return s;
-  }
-  const int64_t m = nrows < rows ? nrows : rows;
-  const int64_t lo = int64_t{lens} - nrows + 1;
-  return sparse_range_sum(lo, lo + m - 1, p.topk, p.kpool);
+template <Mode M, class T>
+__device__ inline T nsa_sum(int32_t lens, int64_t nrows, int64_t rows, const Params& p) {
+  return expanded_sparse_sum<M, T>(lens, nrows, M == Mode::draft_extend && rows < nrows ? rows : nrows, p.topk,
+                                   p.kpool);
 }
 
 // check=True: the first problem of request i (raw values as the caller passed them), or 8.
@@ -151,7 +143,7 @@ __device__ inline int bad_kind(const Inputs& in, const Params& p, int64_t i, int
 // Request i's own terms of the running sums (its length `lens` wrapped, its `nrows` rows).
 template <Mode M, class T, int kSlots>
 __device__ inline Sums<T> request_sums(const Args<kSlots>& a, int32_t lens, int64_t nrows) {
-  return {static_cast<T>(cache_seqlen<M>(lens, a.p.next_n)), static_cast<T>(nsa_sum<M>(lens, nrows, a.rows, a.p)),
+  return {static_cast<T>(cache_seqlen<M>(lens, a.p.next_n)), nsa_sum<M, T>(lens, nrows, a.rows, a.p),
           nrows};
 }
 
@@ -252,23 +244,6 @@ __device__ void meta_block(const Args<kSlots>& a) {
   }
 }
 
-// meta_block for the small path (bs <= 32, check=False): warp 0, one request per lane, no
-// barrier and no loop, so the chain is one load, the shuffle scan and the stores.
-template <Mode M, int kSlots>
-__device__ void meta_warp(const Args<kSlots>& a) {
-  const int32_t i = static_cast<int32_t>(threadIdx.x);
-  const bool mine = i < a.bs;
-  const int32_t lens = mine ? wrap32(load_index(a.in.seq_lens, i)) : 0;
-  const int64_t nrows = mine ? rows_of<M>(a.in, a.p.next_n, i) : 0;
-  if (i == 0)
-    for (int d = 0; d < a.dests(); ++d) a.dest[d].cu_seqlens_k[0] = 0, a.dest[d].nsa_cu_seqlens_k[0] = 0;
-  const Sums<uint32_t> terms = mine ? request_sums<M, uint32_t>(a, lens, nrows) : Sums<uint32_t>{0, 0, 0};
-  Sums<uint32_t> total;
-  Sums<uint32_t> prefix = block_exclusive_scan<M == Mode::draft_extend>(terms, &total, true);
-  if constexpr (M != Mode::draft_extend) prefix.rows = M == Mode::decode ? i : int64_t{i} * a.p.next_n;
-  if (mine) write_request<M, false>(a, i, lens, nrows, prefix);
-}
-
 // ------------------------------------------------------------------ block (0, 0): the schedule
 
 // schedule.cuh's Sink over every destination set that wants the schedule.
@@ -344,16 +319,6 @@ __device__ int64_t rows_before(const Args<kSlots>& a, int32_t i0) {
   return all;
 }
 
-// rows_before for the small path (i0 < 32): every warp sums it alone, without a barrier.
-template <int kSlots>
-__device__ int64_t rows_before_warp(const Args<kSlots>& a, int32_t i0) {
-  const int32_t k = static_cast<int32_t>(threadIdx.x & 31);
-  long long s = k < i0 ? rows_of<Mode::draft_extend>(a.in, 1, k) : 0;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(~0u, s, off);
-  return s;
-}
-
 // Columns are int32 (max_len <= INT32_MAX), so the page arithmetic is 32-bit.
 template <int kSlots>
 __device__ inline int32_t page_of_col(const Args<kSlots>& a, int32_t c) {
@@ -396,9 +361,7 @@ __device__ inline void store_real(const Args<kSlots>& a, Rows<M> rows, int32_t r
 
 // Source columns [c, c + 4) (values v, c 16-byte aligned in every page_table_1 row) or the one
 // column c (a scalar v) to the rows: page_table_1, and the real table where a column starts a page.
-// kPow2Pages: page_size is a power of two >= 4 (the host saw it), so of 4 columns only the first
-// can start a page.
-template <int kTables, bool kPow2Pages = false, Mode M, int kSlots, class V>
+template <int kTables, Mode M, int kSlots, class V>
 __device__ inline void store(const Args<kSlots>& a, Rows<M> rows, int32_t c, V v) {
   constexpr int kWidth = sizeof(V) / sizeof(int32_t);
 #pragma unroll 1
@@ -407,9 +370,7 @@ __device__ inline void store(const Args<kSlots>& a, Rows<M> rows, int32_t c, V v
     if (D.page_table_1 != nullptr)
       fill(D.page_table_1 + rows.r0 * D.page_table_1_stride + c, D.page_table_1_stride, rows, v);
   }
-  if constexpr ((kTables & kRealTable) != 0 && kPow2Pages && sizeof(V) == sizeof(int4)) {
-    if ((c & (a.p.page_size - 1)) == 0) store_real(a, rows, c >> a.ps_shift, v.x >> a.ps_shift);
-  } else if constexpr ((kTables & kRealTable) != 0) {
+  if constexpr ((kTables & kRealTable) != 0) {
 #pragma unroll 1
     for (int64_t col = next_page_start(a, c); col < int64_t{c} + kWidth; col += a.p.page_size) {
       int32_t e;
@@ -442,9 +403,7 @@ __device__ inline bool same_phase(const Args<kSlots>& a, const int32_t* src, Row
 
 // The columns [0, n_cols) of one request (source row src, or -1 where src is null) in the steps
 // s, s + splits, ... of this program; the loads of kUnroll steps are in flight together.
-// kAligned: the host saw every source and destination row start on 16 bytes (phase 0) and, with a
-// real table, a page size that is a power of two >= 4.
-template <int kTables, bool kAligned, Mode M, int kSlots>
+template <int kTables, Mode M, int kSlots>
 __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, int32_t n_cols, int32_t s) {
   const int tid = threadIdx.x;
   const int32_t round = a.splits * kUnroll;  // steps between this program's rounds
@@ -466,7 +425,7 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
     return;
   }
   unsigned phase = 0;
-  if (kAligned || same_phase(a, src, rows, &phase)) {
+  if (same_phase(a, src, rows, &phase)) {
     int32_t h = (4 - phase) & 3;  // scalar columns before the first 16-byte boundary
     if (h > n_cols) h = n_cols;
     const int32_t nvec = (n_cols - h) / 4;
@@ -487,13 +446,12 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
 #pragma unroll 1
       for (int u = 0; u < kUnroll; ++u, rotate(v)) {
         const int32_t k = (m + u * a.splits) * kThreads + tid;
-        if (k < nvec) store<kTables, kAligned>(a, rows, h + 4 * k, v[0]);
+        if (k < nvec) store<kTables>(a, rows, h + 4 * k, v[0]);
       }
     }
     if (has_edge) store<kTables>(a, rows, edge, edge_v);
     return;
   }
-  if constexpr (kAligned) return;
   constexpr int kPer = kChunk / kThreads;  // scalar columns a thread loads per step
   for (int32_t m = s; int64_t{m} * kChunk < n_cols; m += a.splits) {  // scalar: rows out of phase
     int32_t v[kPer];
@@ -510,13 +468,12 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
   }
 }
 
-// kSmall: one request per group (bs <= 32), aligned rows and power-of-two pages, as the host chose.
-template <Mode M, int kTables, bool kSmall, int kSlots>
+template <Mode M, int kTables, int kSlots>
 __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   const Inputs& in = a.in;
   const Params& p = a.p;
-  const int32_t i0 = kSmall ? g : g * a.per_group;  // < bs
-  const int32_t i1 = kSmall ? g + 1 : i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
+  const int32_t i0 = g * a.per_group;  // < bs
+  const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
   int64_t next_row = 0;
   for (int32_t i = i0; i < i1; ++i) {
     // the loads first, in flight together: the chain to the copy is two loads deep
@@ -525,7 +482,7 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
     const int64_t n = rows_of<M>(in, p.next_n, i);
     Rows<M> rows{M == Mode::decode ? i : i * p.next_n, static_cast<int32_t>(n)};
     if constexpr (M == Mode::draft_extend) {
-      if (i == i0) next_row = kSmall ? rows_before_warp(a, i0) : rows_before(a, i0);  // (once)
+      if (i == i0) next_row = rows_before(a, i0);  // (once)
       if (next_row >= a.rows) return;
       rows.r0 = static_cast<int32_t>(next_row);
       rows.n = static_cast<int32_t>(n < a.rows - next_row ? n : a.rows - next_row);
@@ -534,27 +491,23 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
     if (rows.count() <= 0) continue;
     const int32_t* src = (q >= 0 && q < in.pool_rows) ? in.req_to_token + q * in.row_stride : nullptr;
     const int32_t n_cols = static_cast<int32_t>(live_cols(p.live, cache_seqlen<M>(lens, p.next_n), p.max_len));
-    copy_request<kTables, kSmall>(a, src, rows, n_cols, s);
+    copy_request<kTables>(a, src, rows, n_cols, s);
   }
 }
 
-// kSmall (one destination set, bs <= 32, aligned rows, power-of-two pages, no check, no schedule
-// walk): the 1-D outputs by one warp and page programs without the general path's loops and tests.
-template <Mode M, int kTables, int kSlots, bool kSmall = false>
+template <Mode M, int kTables, int kSlots>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   // (uniform branches on parameters: the path without the schedule is unchanged)
   constexpr bool kScheduled = M != Mode::draft_extend;
   if (blockIdx.x > 0) {
-    page_program<M, kTables, kSmall>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
+    page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
   } else if (blockIdx.y == 0) {
-    if constexpr (kSmall) {
-      if (threadIdx.x < 32) meta_warp<M>(a);
-    } else if (a.p.status != nullptr) {
+    if (a.p.status != nullptr) {
       meta_block<M, true>(a);
     } else {
       meta_block<M, false>(a);
     }
-    if constexpr (kScheduled && !kSmall) {  // (the host leaves the walk off the small path)
+    if constexpr (kScheduled) {
       if (a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::sparse) schedule_block(a);
     }
   }

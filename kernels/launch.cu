@@ -5,6 +5,7 @@
 
 #include "kernels.cuh"
 #include "launch.h"
+#include "small.cuh"
 
 namespace nsa {
 namespace {
@@ -58,7 +59,7 @@ Grid plan_grid(int64_t bs, int64_t steps, int64_t target) {
   return g;
 }
 
-template <Mode M, int kTables, int kSlots, bool kSmall>
+template <Mode M, int kTables, int kSlots>
 cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& p, const Shape& shape,
                             const Grid& grid, cudaStream_t stream) {
   Args<kSlots> a{};
@@ -75,29 +76,87 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
     a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
   void* args[] = {&a};
   // The launch's own return code: an earlier error elsewhere is neither reported nor cleared.
-  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots, kSmall>), grid.dims(),
+  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(),
+                          dim3(kThreads), args, 0, stream);
+}
+
+// The small kernel (small.cuh): one destination set, what launch() checked it may take.
+template <Mode M, int kTables, int kIndex>
+cudaError_t launch_small(const Inputs& in, const Outputs& out, const Params& p, const Shape& shape,
+                         const Grid& grid, cudaStream_t stream) {
+  const Dest& D = out.dest[0];
+  SmallArgs a{};
+  a.seq_lens = in.seq_lens.data;
+  a.req_pool_indices = in.req_pool_indices.data;
+  a.extend_lens = in.extend_lens.data;
+  a.req_to_token = in.req_to_token;
+  a.page_table_1 = D.page_table_1;
+  a.real_page_table = D.real_page_table;
+  a.row_stride = in.row_stride;
+  a.pool_rows = in.pool_rows;
+  a.page_table_1_stride = D.page_table_1_stride;
+  a.real_page_table_stride = D.real_page_table_stride;
+  a.max_len = static_cast<int32_t>(p.max_len);
+  a.splits = static_cast<int32_t>(grid.splits);
+  a.rows = static_cast<int32_t>(shape.rows);
+  a.next_n = p.next_n;
+  a.ps_shift = log2_exact(p.page_size);
+  a.live = p.live;
+  a.bs = static_cast<int32_t>(in.bs);
+  a.topk = p.topk;
+  a.kpool = p.kpool;
+  a.cache_seqlens = D.cache_seqlens;
+  a.cu_seqlens_k = D.cu_seqlens_k;
+  a.nsa_cache_seqlens = D.nsa_cache_seqlens;
+  a.nsa_cu_seqlens_k = D.nsa_cu_seqlens_k;
+  a.seqlens_expanded = D.seqlens_expanded;
+  a.paged_mqa_ctx_lens_2d = D.paged_mqa_ctx_lens_2d;
+  a.paged_mqa_stride0 = D.paged_mqa_stride0;
+  a.paged_mqa_stride1 = D.paged_mqa_stride1;
+  if (p.num_sm_parts > 0 && D.tile_scheduler_metadata != nullptr) {  // (topk rows: launch() checked)
+    a.num_sm_parts = p.num_sm_parts;
+    a.tile_scheduler_metadata = D.tile_scheduler_metadata;
+    a.num_splits = D.num_splits;
+    a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
+  }
+  void* args[] = {&a};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(&small_kernel<M, kTables, kIndex>), grid.dims(),
                           dim3(kThreads), args, 0, stream);
 }
 
 using LaunchFn = cudaError_t (*)(const Inputs&, const Outputs&, const Params&, const Shape&, const Grid&,
                                  cudaStream_t);
 
+// The small kernel's instance for the index dtypes (IndexBits; extend_lens' only in draft_extend).
+template <Mode M, int kTables, int kIndex = 0>
+LaunchFn small_by_index(int bits) {
+  constexpr int kLast = M == Mode::draft_extend ? 7 : 3;
+  if constexpr (kIndex == kLast) {
+    return launch_small<M, kTables, kIndex>;
+  } else {
+    return bits == kIndex ? launch_small<M, kTables, kIndex> : small_by_index<M, kTables, kIndex + 1>(bits);
+  }
+}
+
+// small: the IndexBits of a call the small kernel takes, or -1.
 template <Mode M, int kTables>
-LaunchFn by_slots(int n, bool small) {
-  if (n == 1) return small ? launch_instance<M, kTables, 1, true> : launch_instance<M, kTables, 1, false>;
-  if (n <= 4) return launch_instance<M, kTables, 4, false>;
-  return launch_instance<M, kTables, kMaxDests, false>;
+LaunchFn by_slots(int n, int small) {
+  if (small >= 0) return small_by_index<M, kTables>(small);
+  if (n == 1) return launch_instance<M, kTables, 1>;
+  if (n <= 4) return launch_instance<M, kTables, 4>;
+  return launch_instance<M, kTables, kMaxDests>;
 }
 
 template <Mode M>
-LaunchFn by_tables(int tables, int n, bool small) {
+LaunchFn by_tables(int tables, int n, int small) {
   if (tables == kRealTable) return by_slots<M, kRealTable>(n, small);
   if (tables == kPageTable1) return by_slots<M, kPageTable1>(n, small);
   return by_slots<M, kBothTables>(n, small);  // also when no table is written (no page programs)
 }
 
-// Which kernel instance runs for (mode, tables written, destination slots, the small path).
-LaunchFn choose_kernel(Mode mode, int tables, int n, bool small) {
+// Which kernel instance runs for (mode, tables written, destination slots, the small kernel's
+// index dtypes or -1 for the general kernel).
+LaunchFn choose_kernel(Mode mode, int tables, int n, int small) {
   if (mode == Mode::decode) return by_tables<Mode::decode>(tables, n, small);
   if (mode == Mode::target_verify) return by_tables<Mode::target_verify>(tables, n, small);
   return by_tables<Mode::draft_extend>(tables, n, small);
@@ -193,12 +252,17 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     if (err != cudaSuccess) return err;
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
-    // the small path: what engines run at small batches, with the shortest chain of instructions
+    // the small kernel: what engines run at small batches, with the shortest chain of instructions
+    const bool de = p.mode == Mode::draft_extend;
     const bool small = out.n == 1 && p.status == nullptr && in.bs <= 32 &&
                        (p.num_sm_parts == 0 || p.schedule_lengths == ScheduleLengths::topk) &&
                        grid.per_group == 1 && rows_aligned(in, out) &&
+                       in.seq_lens.stride == 1 && in.req_pool_indices.stride == 1 &&
+                       (!de || in.extend_lens.stride == 1) &&
                        ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
-    return choose_kernel(p.mode, tables, out.n, small)(in, out, p, shape, grid, stream);
+    const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
+                     (de && in.extend_lens.is64 ? kExtend64 : 0);
+    return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, stream);
   });
 }
 

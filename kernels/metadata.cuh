@@ -41,21 +41,36 @@ __host__ __device__ inline int64_t sparse(int64_t x, int64_t topk, int64_t kpool
   return (c < topk ? c : topk) + (x - c);
 }
 
-// sum of sparse(y) for 0 <= y < x (0 <= x <= 2^31), in closed form: sparse(y) = y below
-// y0 = (floor(topk/kpool) + 1) * kpool, and topk + (y - y0) mod kpool from there.
-__host__ __device__ inline int64_t sparse_prefix(int64_t x, int64_t topk, int64_t kpool) {
-  const int64_t y0 = (int64_t{static_cast<int32_t>(topk) / static_cast<int32_t>(kpool)} + 1) * kpool;
-  if (x <= y0) return x * (x - 1) / 2;
-  const int64_t m = x - y0;  // in (0, 2^31]: unsigned 32-bit division
-  const int64_t full = static_cast<uint32_t>(m) / static_cast<uint32_t>(kpool), rem = m - full * kpool;
-  return y0 * (y0 - 1) / 2 + m * topk + full * (kpool * (kpool - 1) / 2) + rem * (rem - 1) / 2;
+// x * (x - 1) / 2 for 0 <= x < 2^32: exact in int64_t, modulo 2^32 in uint32_t (the fast path's
+// outputs wrap there, and 32-bit products are its shortest chain).
+template <class T>
+__host__ __device__ inline T pairs(T x) {
+  return (x & 1) ? x * ((x - 1) / 2) : x / 2 * (x - 1);
 }
 
-// sum of sparse(max(v, 0)) over the consecutive values lo <= v <= hi (draft_extend rows).
-__host__ __device__ inline int64_t sparse_range_sum(int64_t lo, int64_t hi, int64_t topk,
-                                                    int64_t kpool) {
+// sum of sparse(y) for 0 <= y < x (0 <= x <= 2^31), in closed form: sparse(y) = y below
+// y0 = (floor(topk/kpool) + 1) * kpool, and topk + (y - y0) mod kpool from there. Every value
+// compared or divided is below 2^32, so T = uint32_t gives the sum modulo 2^32.
+template <class T>
+__host__ __device__ inline T sparse_prefix(T x, int32_t topk, int32_t kpool) {
+  const T k = static_cast<T>(topk);
+  if (kpool == 1) {  // the same sum without the divisions
+    const T y1 = k + 1;
+    return x <= y1 ? pairs(x) : pairs(y1) + (x - y1) * k;
+  }
+  const T p = static_cast<T>(kpool);
+  const T y0 = (static_cast<T>(topk / kpool) + 1) * p;
+  if (x <= y0) return pairs(x);
+  const T m = x - y0;  // in (0, 2^31]: unsigned 32-bit division
+  const T full = static_cast<T>(static_cast<uint32_t>(m) / static_cast<uint32_t>(kpool)), rem = m - full * p;
+  return pairs(y0) + m * k + full * pairs(p) + pairs(rem);
+}
+
+// sum of sparse(max(v, 0)) over the consecutive values lo <= v <= hi <= INT32_MAX.
+template <class T>
+__host__ __device__ inline T sparse_range_sum(int64_t lo, int64_t hi, int32_t topk, int32_t kpool) {
   if (hi < 0 || hi < lo) return 0;  // max(v, 0) = 0 and sparse(0) = 0
-  return sparse_prefix(hi + 1, topk, kpool) - sparse_prefix(lo < 0 ? 0 : lo, topk, kpool);
+  return sparse_prefix(static_cast<T>(hi + 1), topk, kpool) - sparse_prefix(static_cast<T>(lo < 0 ? 0 : lo), topk, kpool);
 }
 
 // ---- the modes (SPEC "Modes"): rows a request owns, cache_seqlens, seqlens_expanded, L
@@ -83,6 +98,32 @@ __host__ __device__ inline int64_t expanded(int32_t lens, int64_t nrows, int64_t
   if constexpr (M == Mode::target_verify) return wrap32(int64_t{lens} + j + 1);
   const int64_t v = int64_t{lens} - nrows + j + 1;
   return v > 0 ? v : 0;
+}
+
+// expanded_sparse_sum of target_verify's hostile lengths, one row at a time (out of line: cold).
+template <class T>
+__device__ __noinline__ T wrapped_sparse_sum(int32_t lens, int64_t m, int32_t topk, int32_t kpool) {
+  T s = 0;
+#pragma unroll 1
+  for (int64_t j = 0; j < m; ++j) s += static_cast<T>(sparse(expanded<Mode::target_verify>(lens, m, j), topk, kpool));
+  return s;
+}
+
+// sum of sparse(seqlens_expanded) over rows [0, m) of a request that owns `nrows` rows (exact in
+// int64_t, modulo 2^32 in uint32_t), in closed form where those values are consecutive and not
+// negative (target_verify's hostile lengths, which wrap or are negative, are summed one row at a
+// time).
+template <Mode M, class T>
+__device__ inline T expanded_sparse_sum(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpool) {
+  if (m <= 0) return 0;
+  if constexpr (M == Mode::decode) return static_cast<T>(sparse(lens, topk, kpool));
+  if constexpr (M == Mode::target_verify) {
+    if (lens >= 0 && int64_t{lens} + m <= kInt32Max)
+      return sparse_range_sum<T>(int64_t{lens} + 1, int64_t{lens} + m, topk, kpool);
+    return wrapped_sparse_sum<T>(lens, m, topk, kpool);
+  }
+  const int64_t lo = int64_t{lens} - nrows + 1;
+  return sparse_range_sum<T>(lo, lo + m - 1, topk, kpool);
 }
 
 // Columns of a page row written: max_len, or with live the row's clamp(L, 0, max_len).

@@ -9,6 +9,7 @@ import pytest
 
 import nsa_metadata as nm
 from nsa_metadata import _plans
+from nsa_metadata._metadata import FIELDS
 from helpers import POISON, DLPackOnly, random_inputs
 from test_binding import plan_bytes
 
@@ -33,7 +34,7 @@ def buffer_set(lib, mode, seed):
 def repoison(md):
     """Every output back to POISON (on the current stream), so a step that writes nothing of a
     region fails instead of showing the last step's values."""
-    for f in nm.FIELDS:
+    for f in FIELDS:
         a = getattr(md, f)
         if a is not None:
             (a.fill_ if hasattr(a, "fill_") else a.fill)(POISON)
