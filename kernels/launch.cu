@@ -104,7 +104,6 @@ cudaError_t launch_small(const Inputs& in, const Outputs& out, const Params& p, 
   a.live = p.live;
   a.bs = static_cast<int32_t>(in.bs);
   a.topk = p.topk;
-  a.kpool = p.kpool;
   a.cache_seqlens = D.cache_seqlens;
   a.cu_seqlens_k = D.cu_seqlens_k;
   a.nsa_cache_seqlens = D.nsa_cache_seqlens;
@@ -254,7 +253,7 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
     // the small kernel: what engines run at small batches, with the shortest chain of instructions
     const bool de = p.mode == Mode::draft_extend;
-    const bool small = out.n == 1 && p.status == nullptr && in.bs <= 32 &&
+    const bool small = out.n == 1 && p.status == nullptr && in.bs <= 32 && p.kpool == 1 &&
                        (p.num_sm_parts == 0 || p.schedule_lengths == ScheduleLengths::topk) &&
                        grid.per_group == 1 && rows_aligned(in, out) &&
                        in.seq_lens.stride == 1 && in.req_pool_indices.stride == 1 &&
