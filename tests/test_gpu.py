@@ -1,5 +1,6 @@
 """The kernel against the reference: every byte of poisoned, strided destination buffers."""
 
+import itertools
 import os
 
 import numpy as np
@@ -31,6 +32,33 @@ def test_matches_reference(lib, mode, idx_dtype, live, tables, ndest):
             check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size,
                                            topk=topk, kpool=kpool, live=live, ndest=ndest,
                                            tables=TABLES[tables], strided=bs % 2 == 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tables", ["both", "pt1", "real"])
+def test_small_kernel(lib, mode, tables):
+    """What the small kernel (kernels/small.cuh) takes: bs <= 32, one destination set, kpool 1,
+    contiguous outputs and a table whose rows start on 16 bytes, pages a power of two >= 4. Every
+    index dtype combination (one instance each: seq_lens, req_pool_indices and, in draft_extend,
+    extend_lens), live or not, bad pool indices, lengths that wrap or are negative, the schedule."""
+    rng = np.random.default_rng([MODES.index(mode), len(TABLES[tables])])
+    dtypes = list(itertools.product([np.int32, np.int64], repeat=3 if mode == "draft_extend" else 2))
+    cases = [(1, 256, 64, True), (5, 64, 4, False), (32, 1024, 16, True), (32, 4096, 64, True), (8, 36, 4, True)]
+    for k, dt in enumerate(dtypes):
+        for bs, max_len, page_size, live in cases:
+            inp = random_inputs(rng, mode, bs, max_len, W=max_len + 4 * int(rng.integers(0, 3)), next_n=4,
+                                max_extend=5)
+            if bs > 1 and k % 2 == 1:  # values only the device sees
+                inp["seq_lens"][:2] = [2**31 - 2, -3]  # target_verify's L + j + 1 wraps past INT32_MAX
+                if mode == "draft_extend":
+                    inp["extend_lens"][1] = -2
+            for f, t in zip(("seq_lens", "req_pool_indices", "extend_lens"), dt):
+                inp[f] = inp[f].astype(t)
+            kw = {}
+            if mode != "draft_extend" and bs == 32 and live:
+                kw["schedule"] = nm.Schedule(7)
+            check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size, topk=100,
+                                           live=live, tables=TABLES[tables], strided=False, **kw)
 
 
 @pytest.mark.parametrize("bs", [255, 256, 257, 1023, 1024, 1025, 4097, 65536])
