@@ -1,8 +1,8 @@
 // Latency probe for small batches (no Python): our launch against a minimal decode kernel and an
 // empty kernel of the same grid, each as a CUDA graph of K calls over rotating input sets
 // (median replay / K), so a kernel change can be judged without the package. PROBE_EAGER=1
-// launches each kernel a few times without a graph instead, as a target for Nsight Compute
-// (ncu -k regex:"min_kernel|metadata_kernel" ./probe).
+// launches each kernel a few times without a graph instead and prints nothing, as a target for
+// Nsight Compute (ncu -k regex:"min_kernel|small_kernel|metadata_kernel" ./probe).
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Ikernels benchmarks/probe.cu kernels/launch.cu -o probe
 // (or the nsa_probe target of a -DNSA_BUILD_TESTS=ON build). Exits 77 without a GPU.
 #include <algorithm>
@@ -191,7 +191,8 @@ int main() {
     const float t_meta = eager ? 0 : graph_us(st, [&](int k) { ours(k, false, false); });
     const float t_real = eager ? 0 : graph_us(st, [&](int k) { ours(k, true, false); });
     const char* names[] = {"decode", "target_verify", "draft_extend"};
-    std::printf("%-14s %3dx%-5d %8.2f %8.2f %8.2f %8.2f %8.2f\n", names[static_cast<int>(c.mode)], bs, ctx,
+    if (!eager)
+      std::printf("%-14s %3dx%-5d %8.2f %8.2f %8.2f %8.2f %8.2f\n", names[static_cast<int>(c.mode)], bs, ctx,
                 t_empty, t_min, t_ours, t_meta, t_real);
     for (void* ptr : {(void*)d_table, (void*)cache, (void*)cu, (void*)nsa, (void*)nsa_cu, (void*)exp,
                       (void*)pt1, (void*)real})

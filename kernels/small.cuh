@@ -1,24 +1,22 @@
-// The small path: the kernel engines run at small batches (bs <= 32), as templates a C++ engine
-// can include. launch.cu chooses it when a call has one destination set, check=False, kpool == 1
-// (the plain top-k clamp), no schedule walk, unit-stride index arrays, every page_table_1 row read
-// or written starting on 16 bytes, and a power-of-two page size >= 4 (or no real table); the
-// general kernel (kernels.cuh) runs everything else. At these sizes a call's time is its longest chain of
-// dependent instructions, so this kernel is built around that chain:
+// The small path: the kernel engines run at small batches, as templates a C++ engine can include.
+// launch.cu chooses it when a call has bs <= 32 (one request per program group), one destination
+// set, check=False, kpool == 1 (the plain top-k clamp), no schedule walk, unit-stride index arrays,
+// every page_table_1 row read or written starting on 16 bytes, and a power-of-two page size >= 4
+// (or no real table); the general kernel (kernels.cuh) runs everything else. At these sizes a
+// call's time is its longest chain of dependent instructions, so this kernel is built around it:
 // - SmallArgs keeps what a page program reads in its first two 64-byte lines (each launch
 //   starts with a cold constant cache);
 // - the index dtypes are template parameters (the host knows them): no branch or select per load;
 // - a page program issues every load its copy waits on first, then its first round of 16-byte
 //   loads, and only then the arithmetic its stores need (draft_extend's row start);
 // - block (0, 0) builds the 1-D outputs with its 4 warps: each warp scans the requests (one per
-//   lane) with shuffles, then warp w writes rows w, w + 4, ... of every request, each row's
-//   running sum in closed form, so no lane walks its request's rows one after another.
-// Grid (1 + bs, splits) of 128 threads; block (1 + i, s) is split s of request i.
+//   lane) with shuffles, then warp w writes rows w, w + 4, ... of every request, so no lane
+//   writes all of its request's rows one after another.
+// The grid is the general kernel's (plan_grid): (1 + bs, splits) of 128 threads, block (1 + i, s)
+// split s of request i; (1, 1) when no table is written.
 #pragma once
 
-#include <type_traits>
-
-#include "metadata.cuh"
-#include "schedule.cuh"
+#include "kernels.cuh"  // kThreads, kWarps, kUnroll, Tables, rotate, schedule_rank
 
 namespace nsa {
 
@@ -105,16 +103,22 @@ __device__ void small_meta(const SmallArgs& a) {
       for (int32_t j = w; j < a.next_n; j += kWarps)
         a.paged_mqa_ctx_lens_2d[lane * a.paged_mqa_stride0 + j * a.paged_mqa_stride1] = cache;
   }
-  // rows w, w + 4, ... of this request (draft_extend: those below `rows`)
+  // rows w, w + 4, ... of this request (draft_extend: those below `rows`); `before` is the running
+  // sum through the row before j, carried from one of the warp's rows to its next by the 4 rows
+  // between, so a warp's work is linear in its request's rows whatever their values
   const int64_t n = r0 + nrows < a.rows ? nrows : a.rows - r0;
+  const auto sparse_of = [&](int64_t j) { return sparse(expanded<M>(lens, nrows, j), a.topk, kSmallPool); };
+  uint32_t before = nsa_before;
+  for (int64_t j = 0; j < w && j < n; ++j) before += static_cast<uint32_t>(sparse_of(j));
   for (int64_t j = w; j < n; j += kWarps) {
-    const int64_t e = expanded<M>(lens, nrows, j);
-    const int64_t sp = sparse(e, a.topk, kSmallPool);
-    const uint32_t before = nsa_before + expanded_sparse_sum<M, uint32_t>(lens, nrows, j, a.topk, kSmallPool);
+    const int64_t e = expanded<M>(lens, nrows, j), sp = sparse(e, a.topk, kSmallPool);
     const int64_t row = r0 + j;
     if (M != Mode::decode) a.seqlens_expanded[row] = static_cast<int32_t>(e);
     a.nsa_cache_seqlens[row] = wrap32(sp);
     a.nsa_cu_seqlens_k[row + 1] = static_cast<int32_t>(before + static_cast<uint32_t>(sp));
+    if (j + kWarps < n)
+#pragma unroll
+      for (int k = 0; k < kWarps; ++k) before += static_cast<uint32_t>(sparse_of(j + k));
   }
 }
 
@@ -145,9 +149,11 @@ __device__ inline void small_store_one(const SmallArgs& a, int64_t r0, int32_t n
   const int32_t count = M == Mode::decode ? 1 : n;
 #pragma unroll 1
   for (int32_t k = 0; k < count; ++k) {
-    if ((kTables & kPageTable1) != 0) a.page_table_1[(r0 + k) * a.page_table_1_stride + c] = v;
-    if ((kTables & kRealTable) != 0 && (c & ((1 << a.ps_shift) - 1)) == 0)
-      a.real_page_table[(r0 + k) * a.real_page_table_stride + (c >> a.ps_shift)] = v >> a.ps_shift;
+    if constexpr ((kTables & kPageTable1) != 0) a.page_table_1[(r0 + k) * a.page_table_1_stride + c] = v;
+    if constexpr ((kTables & kRealTable) != 0) {
+      if ((c & ((1 << a.ps_shift) - 1)) == 0)
+        a.real_page_table[(r0 + k) * a.real_page_table_stride + (c >> a.ps_shift)] = v >> a.ps_shift;
+    }
   }
 }
 
@@ -156,7 +162,6 @@ __device__ inline void small_store_one(const SmallArgs& a, int64_t r0, int32_t n
 // table only, one element per page).
 template <Mode M, int kTables, int kIndex>
 __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
-  constexpr int kUnroll = 2;
   const int32_t tid = static_cast<int32_t>(threadIdx.x);
   // every load the copy waits on, first and together
   const int64_t q = load_as<(kIndex & kPool64) != 0>(a.req_pool_indices, i);
@@ -242,11 +247,8 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 // the schedule reads none of its fields.
 template <class Args>  // (a template: a header may not define a plain device function)
 __device__ __noinline__ void small_schedule(const Args& a) {
-  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
-  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
-  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
-  sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits},
-                          rank * kThreads + static_cast<int32_t>(threadIdx.x), gx * gy * kThreads);
+  sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits}, schedule_rank(),
+                          static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads);
 }
 
 // kIndex: IndexBits of the index arrays' dtypes.
