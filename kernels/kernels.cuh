@@ -280,23 +280,18 @@ __device__ __noinline__ void schedule_block(const Args<kSlots>& a) {
   sched::schedule_walk(WrittenLengths{a.dest[0].nsa_cache_seqlens}, a.rows, a.p.num_sm_parts, sink);
 }
 
-// This thread's rank among the grid's for the spread schedule: blocks (0, s >= 1) first, then the
-// page programs (1 + g, s), block (0, 0) last (both kernels use it).
-__device__ inline int32_t schedule_rank() {
-  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
-  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
-  const int32_t block = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
-  return block * kThreads + static_cast<int32_t>(threadIdx.x);
-}
-
 // FlashMLA's schedule with topk for every row: the host's closed form, no barrier, spread over
 // every thread of the grid so no block runs more than a few entries (num_splits has rows + 1).
 // Blocks without a page program come first and the metadata block last: at small batches those
 // two are what the launch waits for. (Out of line, as schedule_block.)
 template <int kSlots>
 __device__ __noinline__ void schedule_spread(const Args<kSlots>& a) {
-  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, schedule_rank(),
-                          static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads);
+  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
+  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
+  // blocks (0, s >= 1) -> 0 .. gy - 2; page programs (1 + g, s) -> gy - 1 ..; block (0, 0) last
+  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
+  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, rank * kThreads + static_cast<int32_t>(threadIdx.x),
+                          gx * gy * kThreads);
 }
 
 // ------------------------------------------------------------------ page programs

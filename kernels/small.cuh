@@ -16,7 +16,7 @@
 // split s of request i; (1, 1) when no table is written.
 #pragma once
 
-#include "kernels.cuh"  // kThreads, kWarps, kUnroll, Tables, rotate, schedule_rank
+#include "kernels.cuh"  // kThreads, kWarps, kUnroll, Tables, rotate
 
 namespace nsa {
 
@@ -103,22 +103,16 @@ __device__ void small_meta(const SmallArgs& a) {
       for (int32_t j = w; j < a.next_n; j += kWarps)
         a.paged_mqa_ctx_lens_2d[lane * a.paged_mqa_stride0 + j * a.paged_mqa_stride1] = cache;
   }
-  // rows w, w + 4, ... of this request (draft_extend: those below `rows`); `before` is the running
-  // sum through the row before j, carried from one of the warp's rows to its next by the 4 rows
-  // between, so a warp's work is linear in its request's rows whatever their values
+  // rows w, w + 4, ... of this request (draft_extend: those below `rows`)
   const int64_t n = r0 + nrows < a.rows ? nrows : a.rows - r0;
-  const auto sparse_of = [&](int64_t j) { return sparse(expanded<M>(lens, nrows, j), a.topk, kSmallPool); };
-  uint32_t before = nsa_before;
-  for (int64_t j = 0; j < w && j < n; ++j) before += static_cast<uint32_t>(sparse_of(j));
   for (int64_t j = w; j < n; j += kWarps) {
-    const int64_t e = expanded<M>(lens, nrows, j), sp = sparse(e, a.topk, kSmallPool);
+    const int64_t e = expanded<M>(lens, nrows, j);
+    const int64_t sp = sparse(e, a.topk, kSmallPool);
+    const uint32_t before = nsa_before + expanded_sparse_sum<M, uint32_t>(lens, nrows, j, a.topk, kSmallPool);
     const int64_t row = r0 + j;
     if (M != Mode::decode) a.seqlens_expanded[row] = static_cast<int32_t>(e);
     a.nsa_cache_seqlens[row] = wrap32(sp);
     a.nsa_cu_seqlens_k[row + 1] = static_cast<int32_t>(before + static_cast<uint32_t>(sp));
-    if (j + kWarps < n)
-#pragma unroll
-      for (int k = 0; k < kWarps; ++k) before += static_cast<uint32_t>(sparse_of(j + k));
   }
 }
 
@@ -243,12 +237,15 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 }
 
 // FlashMLA's schedule (topk rows) spread over every thread, blocks without a page program
-// first and block (0, 0) last (kernels.cuh's schedule_spread). Out of line, so a call without
-// the schedule reads none of its fields.
+// first and block (0, 0) last (the order of kernels.cuh's schedule_spread). Out of line, so a
+// call without the schedule reads none of its fields.
 template <class Args>  // (a template: a header may not define a plain device function)
 __device__ __noinline__ void small_schedule(const Args& a) {
-  sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits}, schedule_rank(),
-                          static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads);
+  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
+  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
+  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
+  sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits},
+                          rank * kThreads + static_cast<int32_t>(threadIdx.x), gx * gy * kThreads);
 }
 
 // kIndex: IndexBits of the index arrays' dtypes.
