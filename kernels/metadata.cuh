@@ -102,7 +102,7 @@ __host__ __device__ inline int64_t expanded(int32_t lens, int64_t nrows, int64_t
 
 // expanded_sparse_sum of target_verify's hostile lengths, one row at a time (out of line: cold).
 template <class T>
-__device__ __noinline__ T wrapped_sparse_sum(int32_t lens, int64_t m, int32_t topk, int32_t kpool) {
+__host__ __device__ __noinline__ T wrapped_sparse_sum(int32_t lens, int64_t m, int32_t topk, int32_t kpool) {
   T s = 0;
 #pragma unroll 1
   for (int64_t j = 0; j < m; ++j) s += static_cast<T>(sparse(expanded<Mode::target_verify>(lens, m, j), topk, kpool));
@@ -114,7 +114,7 @@ __device__ __noinline__ T wrapped_sparse_sum(int32_t lens, int64_t m, int32_t to
 // negative (target_verify's hostile lengths, which wrap or are negative, are summed one row at a
 // time).
 template <Mode M, class T>
-__device__ inline T expanded_sparse_sum(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpool) {
+__host__ __device__ inline T expanded_sparse_sum(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpool) {
   if (m <= 0) return 0;
   if constexpr (M == Mode::decode) return static_cast<T>(sparse(lens, topk, kpool));
   if constexpr (M == Mode::target_verify) {
