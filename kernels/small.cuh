@@ -13,7 +13,7 @@
 //   lane) with shuffles, then warp w writes rows w, w + 4, ... of every request, so no lane
 //   writes all of its request's rows one after another.
 // The grid is the general kernel's (plan_grid): (1 + bs, splits) of 128 threads, block (1 + i, s)
-// split s of request i; (1, 1) when no table is written.
+// split s of request i; (1, 1) when there is nothing to copy (no table, no request or no column).
 #pragma once
 
 #include "kernels.cuh"  // kThreads, kWarps, kUnroll, Tables, rotate
