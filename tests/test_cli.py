@@ -33,6 +33,7 @@ def test_demo_shows_every_mode(extra):
     assert "seqlens_expanded" in r.stdout and "real_page_table" in r.stdout
     assert "req_to_token 10 x 300, max_len 300" in r.stdout
     assert r.stdout.rstrip().splitlines()[-1].startswith("OK")
+    assert ("--host given" in r.stdout) == (extra == ["--host"])  # (the flag decides, not the machine)
     assert "Traceback" not in r.stderr
 
 

@@ -231,7 +231,8 @@ def test_device_equals_reference(lib, layout, prepared):
     dbase = lib.to_device(np.full(base.shape, POISON, np.int32))
     dview = lib.view_like(dbase, view, base)
     dev = {k: lib.to_device(v) if isinstance(v, np.ndarray) else v for k, v in inp.items()}
-    dmd = nm.Metadata(*[None if getattr(want, f) is None else lib.to_device(getattr(want, f) * 0)
+    dmd = nm.Metadata(*[None if getattr(want, f) is None
+                        else lib.to_device(np.full_like(getattr(want, f), POISON))
                         for f in nm.Metadata.__slots__[:7]], dview)
     if prepared:
         nm.prepare("target_verify", dev["seq_lens"], dev["req_pool_indices"], dev["req_to_token"],

@@ -161,6 +161,7 @@ def test_prepared_launches_leave_the_plan_as_bound(lib, mode):
                       extend_lens=dev["extend_lens"], next_n=NEXT_N, topk=30, page_size=PAGE)
     before = plan_bytes(prep._plan)
     for bs, max_len in ((3, 17), (0, 0), (CAP, W)):
+        repoison(md)  # (the last step must write its whole region itself)
         prep(bs, max_len, int(np.maximum(inp["extend_lens"][:bs], 0).sum()))
     lib.synchronize()
     assert plan_bytes(prep._plan) == before

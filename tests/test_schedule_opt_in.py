@@ -8,7 +8,7 @@ import pytest
 import fakes
 import nsa_metadata as nm
 from fakes import FakeTensor
-from helpers import call, random_inputs, rows_of
+from helpers import POISON, call, random_inputs, rows_of
 
 MODES = ["decode", "target_verify"]
 W = 300
@@ -64,11 +64,16 @@ def test_kpool_lengths_are_nsa_cache_seqlens():
 
 
 def out_with_schedule(mode, inp, parts, sets=1):
+    """Outputs of the call's shapes (and the schedule's), every element POISON: a test that says
+    nothing is written sees a write of the right value too."""
     outs = []
     for _ in range(sets):
         md = call(nm, mode, inp, max_len=W, topk=1000)
-        md.tile_scheduler_metadata = np.full((parts + 2, 8), -7, np.int32)
-        md.num_splits = np.full(rows_of(mode, inp) + 4, -7, np.int32)
+        for f in nm.Metadata.__slots__:
+            if getattr(md, f) is not None:
+                getattr(md, f).fill(POISON)
+        md.tile_scheduler_metadata = np.full((parts + 2, 8), POISON, np.int32)
+        md.num_splits = np.full(rows_of(mode, inp) + 4, POISON, np.int32)
         outs.append(md)
     return outs
 
@@ -83,16 +88,16 @@ def test_into_given_buffers_of_several_sets(mode):
     meta, splits = expected(mode, inp, 1000, s)
     for md in (outs[0], outs[2]):
         np.testing.assert_array_equal(md.tile_scheduler_metadata[:3], meta)
-        assert (md.tile_scheduler_metadata[3:] == -7).all(), "past the region: untouched"
+        assert (md.tile_scheduler_metadata[3:] == POISON).all(), "past the region: untouched"
         np.testing.assert_array_equal(md.num_splits[:len(splits)], splits)
-        assert (md.num_splits[len(splits):] == -7).all()
+        assert (md.num_splits[len(splits):] == POISON).all()
 
 
 def test_buffers_ignored_without_schedule():
     inp = inputs()
     (md,) = out_with_schedule("decode", inp, 3)
     call(nm, "decode", inp, max_len=W, topk=1000, out=md)
-    assert (md.tile_scheduler_metadata == -7).all() and (md.num_splits == -7).all()
+    assert (md.tile_scheduler_metadata == POISON).all() and (md.num_splits == POISON).all()
 
 
 @pytest.mark.parametrize("change, error, match", [

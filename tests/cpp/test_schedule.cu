@@ -106,7 +106,7 @@ std::string name(const char* path, const char* kind, int32_t bs, int32_t parts) 
 
 void check_uniform(int32_t length, int32_t bs, int32_t parts) {
   const sc::UniformPlan u = sc::uniform_plan(length, bs, parts);
-  std::vector<int32_t> meta(size_t(parts) * 8), splits(bs + 1);
+  std::vector<int32_t> meta(size_t(parts) * 8, kPoison), splits(bs + 1, kPoison);  // (0 is a common want)
   for (int32_t p = 0; p < parts; ++p) sc::uniform_row(u, p, &meta[size_t(p) * 8]);
   for (int32_t k = 0; k <= bs; ++k) splits[k] = sc::uniform_num_splits(u, k);
   const std::string kind = "length " + std::to_string(length);

@@ -17,10 +17,25 @@ void expect(bool ok, const char* what, long long a, long long b, long long c, lo
   if (++failures <= 20) std::printf("FAIL %s (%lld, %lld, %lld, %lld)\n", what, a, b, c, d);
 }
 
+// SPEC's sparse(x) and seqlens_expanded, written again from SPEC.md (not metadata.cuh's)
+int64_t spec_sparse(int64_t x, int64_t topk, int64_t kpool) {
+  if (kpool == 1) return x < topk ? x : topk;
+  const int64_t q = x >= 0 ? x / kpool : -((-x + kpool - 1) / kpool);  // floor(x / kpool)
+  const int64_t c = q * kpool;
+  return (c < topk ? c : topk) + (x - c);
+}
+template <nsa::Mode M>
+int64_t spec_expanded(int32_t lens, int64_t nrows, int64_t j) {
+  if (M == nsa::Mode::decode) return lens;
+  if (M == nsa::Mode::target_verify) return static_cast<int32_t>(static_cast<uint32_t>(int64_t{lens} + j + 1));
+  const int64_t v = int64_t{lens} - nrows + j + 1;
+  return v > 0 ? v : 0;
+}
+
 // sum of sparse(y) for lo <= y < hi, one at a time
 int64_t brute(int64_t lo, int64_t hi, int32_t topk, int32_t kpool) {
   int64_t s = 0;
-  for (int64_t y = lo; y < hi; ++y) s += nsa::sparse(y, topk, kpool);
+  for (int64_t y = lo; y < hi; ++y) s += spec_sparse(y, topk, kpool);
   return s;
 }
 
@@ -36,7 +51,7 @@ void prefix_case(int64_t x, int32_t topk, int32_t kpool) {
 template <nsa::Mode M>
 void rows_case(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpool) {
   int64_t want = 0;
-  for (int64_t j = 0; j < m; ++j) want += nsa::sparse(nsa::expanded<M>(lens, nrows, j), topk, kpool);
+  for (int64_t j = 0; j < m; ++j) want += spec_sparse(spec_expanded<M>(lens, nrows, j), topk, kpool);
   expect(nsa::expanded_sparse_sum<M, int64_t>(lens, nrows, m, topk, kpool) == want, "expanded_sparse_sum<int64_t>",
          lens, nrows, m, want);
   expect(nsa::expanded_sparse_sum<M, uint32_t>(lens, nrows, m, topk, kpool) == static_cast<uint32_t>(want),
@@ -69,6 +84,11 @@ int main() {
     const int32_t topks[] = {1, 7, 2048, static_cast<int32_t>(rng() % 100000 + 1), kMax};
     prefix_case(static_cast<int64_t>(rng() % 200000), topks[rng() % 5], kpools[rng() % 7]);
   }
+  // large x, looped: sums past 2^32 (the uint32_t result wraps), x past y0 with small pools
+  prefix_case(int64_t{1} << 27, kMax, 1);
+  prefix_case((int64_t{1} << 27) - 3, 2048, 1);
+  prefix_case((int64_t{1} << 27) + 5, 100000, 64);
+  prefix_case(int64_t{1} << 26, kMax, 3);
   // uint32_t against int64_t where looping is out of reach (x up to 2^31)
   for (int k = 0; k < 200000; ++k) {
     const int64_t x = static_cast<int64_t>(rng() % 2147483649ULL);
