@@ -11,6 +11,7 @@ import pytest
 
 from nsa_metadata import reference
 from nsa_metadata import schedule as sch
+import schedule_forms as forms
 
 P66 = 66  # FlashMLA's SM parts on an H100 for 128 query heads
 
@@ -23,10 +24,10 @@ def formulations(lengths, bs, topk, parts):
     """(meta, num_splits) of every formulation that applies, by name."""
     n = sch.blocks_of(lengths, bs, topk, parts)
     out = {"greedy": sch.schedule(lengths, bs, topk, parts),
-           "part_starts": sch.fields(n, sch.part_starts(n, parts)),
-           "walk": sch.fields(n, sch.part_starts_walk(n, parts))}
+           "part_starts": forms.fields(n, forms.part_starts(n, parts)),
+           "walk": forms.fields(n, forms.part_starts_walk(n, parts))}
     if bs > 0 and np.all(n == n[0]):
-        out["uniform"] = sch.fields(n, sch.part_starts_uniform(int(n[0]), bs, parts))
+        out["uniform"] = forms.fields(n, forms.part_starts_uniform(int(n[0]), bs, parts))
     return out
 
 
@@ -102,7 +103,7 @@ def test_a_part_ends_on_a_boundary_past_its_quota():
     np.testing.assert_array_equal(meta, rows([0, 1, 0, 1, 0, 0, 0, 0], [2, 2, 0, 10, 0, 0, 0, 0],
                                              [3, 2, 0, 10, 0, 0, 0, 0]))
     np.testing.assert_array_equal(num_splits, [0, 1, 2, 3])
-    np.testing.assert_array_equal(sch.part_starts(sch.num_blocks(lens), 3), [0, 14, 29, 29])
+    np.testing.assert_array_equal(forms.part_starts(sch.num_blocks(lens), 3), [0, 14, 29, 29])
 
 
 def test_a_part_spans_two_split_requests():
