@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# Build kernel variants (sm_90 only) and print each one's GPU table: bash benchmarks/variants.sh "-DNSA_PROGRAMS_PER_SM=8" "-DNSA_MIN_BLOCKS=6"
+# Kernel variants side by side (sm_90 only): each set of compile flags is built in parallel into a
+# directory of its own, then the same bench rows run against each, one after another.
+#   MATCH='4096x4096 -$' bash benchmarks/variants.sh "" "-DNSA_UNROLL=4" "-DNSA_PROGRAMS_PER_SM=32"
 set -u
+MATCH=${MATCH:-}
+i=0
 for flags in "$@"; do
-  echo "=== variant: ${flags:-default}"
-  CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install --no-build-isolation --no-deps -q -C build-dir=build/variant . >/dev/null 2>&1 || { echo build failed; continue; }
-  python3 -m nsa_metadata.cli bench --quick --gpu-only 2>/dev/null | tail -n 7
+  ( CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS='$flags'" python3 -m pip install \
+      --no-build-isolation --no-deps -q --target "/tmp/variant$i" -C "build-dir=build/variant$i" . \
+      > "/tmp/variant$i.log" 2>&1 || echo "variant $i ($flags): build failed: $(grep -m3 -E 'error|spill' /tmp/variant$i.log)" ) &
+  i=$((i + 1))
+done
+wait
+i=0
+for flags in "$@"; do
+  echo "=== variant $i: ${flags:-default}"
+  [ -d "/tmp/variant$i/nsa_metadata" ] && PYTHONPATH="/tmp/variant$i${PYTHONPATH:+:$PYTHONPATH}" \
+    python3 -m nsa_metadata.cli bench --gpu-only ${MATCH:+--match "$MATCH"} 2>&1 | grep -v "^\["
+  i=$((i + 1))
 done

@@ -29,7 +29,10 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;             // requests per thread per step of the 1-D outputs
 constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 16 bytes a thread
-constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
+#ifndef NSA_UNROLL
+#define NSA_UNROLL 2
+#endif
+constexpr int kUnroll = NSA_UNROLL;   // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
 #ifndef NSA_MIN_BLOCKS
@@ -345,7 +348,13 @@ struct Rows {
 template <Mode M, class V>
 __device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, V v) {
 #pragma unroll 1
-  for (int32_t r = 0; r < rows.count(); ++r, row0 += stride) *reinterpret_cast<V*>(row0) = v;
+  for (int32_t r = 0; r < rows.count(); ++r, row0 += stride) {
+#ifdef NSA_STORE_CS
+    __stcs(reinterpret_cast<V*>(row0), v);
+#else
+    *reinterpret_cast<V*>(row0) = v;
+#endif
+  }
 }
 
 // Real-table column rc of the rows, in every destination that has a real table.
@@ -475,11 +484,26 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
   int64_t next_row = 0;
+#ifdef NSA_PREFETCH
+  int64_t q_next = load_index(in.req_pool_indices, i0), len_next = load_index(in.seq_lens, i0);
+  int64_t n_next = rows_of<M>(in, p.next_n, i0);
+#endif
   for (int32_t i = i0; i < i1; ++i) {
+#ifdef NSA_PREFETCH
+    const int64_t q = q_next;
+    const int32_t lens = wrap32(len_next);
+    const int64_t n = n_next;
+    if (i + 1 < i1) {
+      q_next = load_index(in.req_pool_indices, i + 1);
+      len_next = load_index(in.seq_lens, i + 1);
+      n_next = rows_of<M>(in, p.next_n, i + 1);
+    }
+#else
     // the loads first, in flight together: the chain to the copy is two loads deep
     const int64_t q = load_index(in.req_pool_indices, i);
     const int32_t lens = wrap32(load_index(in.seq_lens, i));
     const int64_t n = rows_of<M>(in, p.next_n, i);
+#endif
     Rows<M> rows{M == Mode::decode ? i : i * p.next_n, static_cast<int32_t>(n)};
     if constexpr (M == Mode::draft_extend) {
       if (i == i0) next_row = rows_before(a, i0);  // (once)
