@@ -29,10 +29,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;             // requests per thread per step of the 1-D outputs
 constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 16 bytes a thread
-#ifndef NSA_UNROLL
-#define NSA_UNROLL 2
-#endif
-constexpr int kUnroll = NSA_UNROLL;   // program steps in flight per thread (H100: 2 and 4 tie on
+constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
 #ifndef NSA_MIN_BLOCKS
@@ -283,18 +280,30 @@ __device__ __noinline__ void schedule_block(const Args<kSlots>& a) {
   sched::schedule_walk(WrittenLengths{a.dest[0].nsa_cache_seqlens}, a.rows, a.p.num_sm_parts, sink);
 }
 
+// A block's place in schedule_spread's order: blocks (0, s >= 1) -> 0 .. gy - 2; page programs (1 + g, s)
+// -> gy - 1 ..; block (0, 0) last.
+__device__ inline int32_t spread_rank() {
+  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
+  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
+  return bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
+}
+
+// Whether this block holds any of the closed form's `parts` rows or `rows` + 1 num_splits
+// entries (one per thread): a block without any never calls the out-of-line function, whose
+// first read of the plan would be a constant-cache miss at the end of a page program's chain.
+__device__ inline bool spread_has_work(int32_t parts, int32_t rows) {
+  return spread_rank() * kThreads < (parts > rows ? parts : rows + 1);
+}
+
 // FlashMLA's schedule with topk for every row: the host's closed form, no barrier, spread over
 // every thread of the grid so no block runs more than a few entries (num_splits has rows + 1).
 // Blocks without a page program come first and the metadata block last: at small batches those
 // two are what the launch waits for. (Out of line, as schedule_block.)
 template <int kSlots>
 __device__ __noinline__ void schedule_spread(const Args<kSlots>& a) {
-  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
-  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
-  // blocks (0, s >= 1) -> 0 .. gy - 2; page programs (1 + g, s) -> gy - 1 ..; block (0, 0) last
-  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
-  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, rank * kThreads + static_cast<int32_t>(threadIdx.x),
-                          gx * gy * kThreads);
+  const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
+  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x),
+                          threads);
 }
 
 // ------------------------------------------------------------------ page programs
@@ -348,13 +357,7 @@ struct Rows {
 template <Mode M, class V>
 __device__ inline void fill(int32_t* row0, int64_t stride, Rows<M> rows, V v) {
 #pragma unroll 1
-  for (int32_t r = 0; r < rows.count(); ++r, row0 += stride) {
-#ifdef NSA_STORE_CS
-    __stcs(reinterpret_cast<V*>(row0), v);
-#else
-    *reinterpret_cast<V*>(row0) = v;
-#endif
-  }
+  for (int32_t r = 0; r < rows.count(); ++r, row0 += stride) *reinterpret_cast<V*>(row0) = v;
 }
 
 // Real-table column rc of the rows, in every destination that has a real table.
@@ -484,26 +487,11 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
   int64_t next_row = 0;
-#ifdef NSA_PREFETCH
-  int64_t q_next = load_index(in.req_pool_indices, i0), len_next = load_index(in.seq_lens, i0);
-  int64_t n_next = rows_of<M>(in, p.next_n, i0);
-#endif
   for (int32_t i = i0; i < i1; ++i) {
-#ifdef NSA_PREFETCH
-    const int64_t q = q_next;
-    const int32_t lens = wrap32(len_next);
-    const int64_t n = n_next;
-    if (i + 1 < i1) {
-      q_next = load_index(in.req_pool_indices, i + 1);
-      len_next = load_index(in.seq_lens, i + 1);
-      n_next = rows_of<M>(in, p.next_n, i + 1);
-    }
-#else
     // the loads first, in flight together: the chain to the copy is two loads deep
     const int64_t q = load_index(in.req_pool_indices, i);
     const int32_t lens = wrap32(load_index(in.seq_lens, i));
     const int64_t n = rows_of<M>(in, p.next_n, i);
-#endif
     Rows<M> rows{M == Mode::decode ? i : i * p.next_n, static_cast<int32_t>(n)};
     if constexpr (M == Mode::draft_extend) {
       if (i == i0) next_row = rows_before(a, i0);  // (once)
@@ -535,7 +523,9 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
       if (a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::sparse) schedule_block(a);
     }
   }
-  if (kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk) schedule_spread(a);
+  if (kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk &&
+      spread_has_work(a.p.num_sm_parts, a.rows))
+    schedule_spread(a);
 }
 
 }  // namespace nsa

@@ -241,11 +241,9 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 // call without the schedule reads none of its fields.
 template <class Args>  // (a template: a header may not define a plain device function)
 __device__ __noinline__ void small_schedule(const Args& a) {
-  const int32_t gx = static_cast<int32_t>(gridDim.x), gy = static_cast<int32_t>(gridDim.y);
-  const int32_t bx = static_cast<int32_t>(blockIdx.x), by = static_cast<int32_t>(blockIdx.y);
-  const int32_t rank = bx == 0 ? (by == 0 ? gx * gy - 1 : by - 1) : gy - 1 + (bx - 1) * gy + by;
+  const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
   sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits},
-                          rank * kThreads + static_cast<int32_t>(threadIdx.x), gx * gy * kThreads);
+                          spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x), threads);
 }
 
 // kIndex: IndexBits of the index arrays' dtypes.
@@ -256,7 +254,7 @@ __global__ void __launch_bounds__(kThreads) small_kernel(const __grid_constant__
   } else if (blockIdx.y == 0) {
     small_meta<M, kIndex>(a);
   }
-  if (M != Mode::draft_extend && a.num_sm_parts > 0) small_schedule(a);
+  if (M != Mode::draft_extend && a.num_sm_parts > 0 && spread_has_work(a.num_sm_parts, a.rows)) small_schedule(a);
 }
 
 }  // namespace nsa
