@@ -1,10 +1,15 @@
-"""The benchmark's host column on a simulated GPU (no torch needed): a call whose GPU time
-exceeds its host time must not be measured at the GPU's pace (bug 12)."""
+"""The benchmark's CPU-testable parts (no torch needed): on a simulated GPU, a call whose GPU time
+exceeds its host time must not be measured at the GPU's pace (bug 12); a row's host columns and
+its empty launch are timed round-robin, and `x launch` divides by the row's own empty launch
+(issue 13: the host's speed drifts between rows)."""
 
 import collections
+import itertools
 import sys
 import time
 import types
+
+import pytest
 
 from nsa_metadata import bench
 
@@ -59,6 +64,88 @@ def test_host_column_is_not_throttled_by_the_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", gpu.torch())
     host_us = bench.host_us(lambda k: gpu.launch(), calls=60)
     assert host_us < 0.1 * gpu.gpu_s * 1e6, f"{host_us:.0f} us: the GPU's pace, not the host's"
+
+
+IDLE_TORCH = types.SimpleNamespace(cuda=types.SimpleNamespace(
+    Event=lambda **kw: types.SimpleNamespace(record=lambda stream=None: None, synchronize=lambda: None),
+    synchronize=lambda device=None: None))
+
+
+def test_host_columns_are_timed_round_robin(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", IDLE_TORCH)
+    seen = []
+    fns = {name: (lambda k, name=name: seen.append((name, k))) for name in ("a", "b", "empty")}
+    out = bench.host_us_interleaved(fns, rounds=4, calls=5)
+    assert set(out) == set(fns)
+    blocks = [[k for _, k in calls] for _, calls in itertools.groupby(seen, key=lambda c: c[0])]
+    assert [name for name, _ in itertools.groupby(c[0] for c in seen)] == ["a", "b", "empty"] * 4
+    assert [len(ks) for ks in blocks] == [20 + 5] * 3 + [2 + 5] * 9  # warm-up calls: 20, then 2
+    for n, ks in enumerate(blocks):  # each block: its warm-up calls, then round n // 3's timed k
+        assert ks[-5:] == list(range(n // 3 * 5, n // 3 * 5 + 5)), (n, ks)
+
+
+class SlowingHost:
+    """A fake clock: a call of `us` microseconds takes twice as long once `after` calls are made
+    (the machine slowing down during a row)."""
+
+    def __init__(self, after):
+        self.t, self.n, self.after = 0.0, 0, after
+
+    def perf_counter(self):
+        return self.t
+
+    def call(self, us):
+        self.n += 1
+        self.t += us * 1e-6 * (2 if self.n > self.after else 1)
+
+
+def test_host_ratios_survive_the_machine_slowing_down(monkeypatch):
+    # a call of 15 us beside an empty launch of 5 us must read 3x, however the machine drifts
+    monkeypatch.setitem(sys.modules, "torch", IDLE_TORCH)
+    third = 2 * (20 + 10 * 30 + 9 * 2) // 3  # a third of the way through both columns' calls
+    clock = SlowingHost(after=third)
+    monkeypatch.setattr(bench, "time", clock)
+    out = bench.host_us_interleaved({"call": lambda k: clock.call(15.0),
+                                     "empty": lambda k: clock.call(5.0)}, rounds=10, calls=30)
+    assert out["call"] / out["empty"] == pytest.approx(3.0), out
+    # one column after the other (as before issue 13) the same drift reads 1.5x
+    clock = SlowingHost(after=third)
+    monkeypatch.setattr(bench, "time", clock)
+    call, empty = bench.host_us(lambda k: clock.call(15.0)), bench.host_us(lambda k: clock.call(5.0))
+    assert call / empty == pytest.approx(1.5)
+
+
+def test_a_rows_host_columns_are_timed_together_with_its_empty_launch(monkeypatch):
+    class FakeCase:  # bench.Case without the GPU
+        def __init__(self, *args, **opts):
+            self.bytes = 1e6
+            self.ours = self.ours_varying = self.prepared = self.torch = lambda k: None
+
+    together = []
+
+    def interleaved(fns):
+        together.append(sorted(fns))
+        return {k: 4.0 + i for i, k in enumerate(fns)}
+
+    monkeypatch.setattr(bench, "Case", FakeCase)
+    monkeypatch.setattr(bench, "gpu_us", lambda fn: 2.0)
+    monkeypatch.setattr(bench, "copy_floor_us", lambda nbytes: 1.0)
+    monkeypatch.setattr(bench, "empty_launch", lambda: lambda k: None)
+    monkeypatch.setattr(bench, "host_us_interleaved", interleaved)
+    (r,) = bench.run([("decode", 8, 4096, {"live": True})], progress=False)
+    assert together == [["empty_host_us", "ours_host_us", "ours_varying_host_us", "prepared_host_us",
+                         "torch_host_us"]]
+    assert (r["ours_host_us"], r["empty_host_us"], r["sglang_host_us"]) == (4.0, 8.0, None)
+    assert "empty_host_us" not in bench.run([("decode", 8, 4096, {})], progress=False, gpu_only=True)[0]
+
+
+def test_x_launch_divides_by_each_rows_own_empty_launch():
+    row = dict(key="decode 8x4096 live", bytes=1e6, ours_gpu_us=2.0, floor_gpu_us=1.0,
+               ours_host_us=12.0, ours_varying_host_us=16.0, prepared_host_us=5.0)
+    lines = bench.table([dict(row, empty_host_us=4.0), row], empty_us=8.0).splitlines()
+    assert lines[0].split()[-3:] == ["launch", "x", "launch"]
+    assert lines[2].endswith("  4.0  3.0 / 4.0 / 1.2"), lines[2]  # its own: 4.0 us
+    assert lines[3].endswith("  8.0  1.5 / 2.0 / 0.6"), lines[3]  # none (older JSON): the run's
 
 
 def test_every_schedule_row_has_its_twin():

@@ -2,7 +2,9 @@
 (when the `sglang` package is installed) vs SPEC as torch ops vs the copy floor.
 
 GPU time: a CUDA graph of K calls over rotating input/output sets, replays timed with events,
-median over replays / K. Host time: median of eager calls (outputs given, no synchronisation).
+median over replays / K. Host time: median of eager calls (outputs given, at most two on the GPU);
+a row's host columns and an empty launch are timed round-robin, in blocks of calls, so they see
+the same machine conditions, and `x launch` divides by the row's own empty launch.
 Floor: a device-to-device copy moving the same bytes (read + write) as the call, timed the same
 way; for live rows those are the live bytes (the live copy floor).
 """
@@ -244,20 +246,20 @@ def gpu_us(fn, replays=None):
     return statistics.median(times)
 
 
-def host_us(fn, calls=300, in_flight=2):
-    """Median host microseconds of one eager call, with at most `in_flight` calls on the GPU:
-    before each timed call the host waits (outside the timed region) for the call `in_flight`
-    before it, so a call whose GPU time exceeds its host time cannot fill the launch queue and
-    hold the host back (the launch would then wait for the GPU, and the column would read the
-    GPU's pace)."""
+def _host_block(fn, ks, in_flight, warm):
+    """Host seconds of fn(k) for each k in ks (eager calls): `warm` untimed calls first, then at
+    most `in_flight` calls on the GPU: before each timed call the host waits (outside the timed
+    region) for the call `in_flight` before it, so a call whose GPU time exceeds its host time
+    cannot fill the launch queue and hold the host back (the launch would then wait for the GPU,
+    and the column would read the GPU's pace)."""
     import torch
 
-    for k in range(20):
+    for k in range(warm):
         fn(k)
     torch.cuda.synchronize()
     queued = collections.deque()
     times = []
-    for k in range(calls):
+    for k in ks:
         if len(queued) >= in_flight:
             queued.popleft().synchronize()
         t0 = time.perf_counter()
@@ -266,7 +268,29 @@ def host_us(fn, calls=300, in_flight=2):
         queued.append(torch.cuda.Event())
         queued[-1].record()
     torch.cuda.synchronize()
-    return statistics.median(times) * 1e6
+    return times
+
+
+def host_us(fn, calls=300, in_flight=2):
+    """Median host microseconds of one eager call (20 warm-up calls, then `calls` timed calls
+    with at most `in_flight` on the GPU: _host_block)."""
+    return statistics.median(_host_block(fn, range(calls), in_flight, warm=20)) * 1e6
+
+
+def host_us_interleaved(fns, rounds=10, calls=30, in_flight=2, warm=20):
+    """Median host microseconds of one eager call of each fn in `fns` (name -> fn), measured
+    round-robin so every fn sees the same machine conditions (the host's speed drifts by up to 2x
+    between rows): each round times a block of `calls` calls of each fn in turn, as host_us does
+    (at most `in_flight` on the GPU; `warm` untimed calls before a fn's first block, 2 before its
+    others). Returns name -> the median over all rounds x calls timed calls of that fn (not a
+    median of per-round medians); fn(k) gets k = round * calls + i, so calls vary over rounds as
+    in one host_us block."""
+    times = {name: [] for name in fns}
+    for n in range(rounds):
+        for name, fn in fns.items():
+            times[name] += _host_block(fn, range(n * calls, (n + 1) * calls), in_flight,
+                                       warm=warm if n == 0 else 2)
+    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
 
 
 def copy_floor_us(nbytes):
@@ -291,15 +315,20 @@ def warm_up_gpu(seconds=0.5):
         torch.cuda.synchronize()
 
 
-def empty_launch_host_us():
-    """Host us of one empty kernel launch through this extension (the launch floor)."""
+def empty_launch():
+    """fn(k): one empty kernel launch through this extension (the launch floor)."""
     import torch
 
     from . import _core
 
     stream = torch.cuda.current_stream().cuda_stream
     dev = torch.cuda.current_device()
-    return host_us(lambda k: _core.empty_launch(dev, stream), calls=2000)
+    return lambda k: _core.empty_launch(dev, stream)
+
+
+def empty_launch_host_us():
+    """Host us of one empty kernel launch through this extension (the launch floor)."""
+    return host_us(empty_launch(), calls=2000)
 
 
 def label(mode, bs, ctx, opts):
@@ -344,12 +373,13 @@ def run(configs, progress=True, gpu_only=False, sgl=None, partial=None):
         # (torch ops build no schedule: a schedule row has no torch figure)
         torch_peer = not gpu_only and not r["real_only"] and not r["schedule"]
         r["torch_gpu_us"] = gpu_us(c.torch) if torch_peer else None
-        if not gpu_only:
-            r["ours_host_us"] = host_us(c.ours)
-            r["ours_varying_host_us"] = host_us(c.ours_varying)
-            r["prepared_host_us"] = host_us(c.prepared)
-            r["sglang_host_us"] = host_us(c.sglang(sgl)) if sgl_ok else None
-            r["torch_host_us"] = host_us(c.torch) if r["torch_gpu_us"] is not None else None
+        if not gpu_only:  # round-robin with the row's own empty launch (host_us_interleaved)
+            fns = dict(ours_host_us=c.ours, ours_varying_host_us=c.ours_varying,
+                       prepared_host_us=c.prepared, sglang_host_us=c.sglang(sgl) if sgl_ok else None,
+                       torch_host_us=c.torch if r["torch_gpu_us"] is not None else None,
+                       empty_host_us=empty_launch())
+            r.update(dict.fromkeys(fns))
+            r.update(host_us_interleaved({k: fn for k, fn in fns.items() if fn is not None}))
         r["target_gpu_us"] = target_us(r)
         rows.append(r)
         del c
@@ -366,7 +396,7 @@ def table(rows, empty_us=None):
     header = ["mode", "bs x ctx", "opts", "MB", "ours GPU", "SGLang", "x SGLang", "floor", "x floor",
               "torch", "x torch", "target", "met"]
     if empty_us:
-        header += ["host", "varying", "prepared", "SGLang host", "torch host", "x launch"]
+        header += ["host", "varying", "prepared", "SGLang host", "torch host", "launch", "x launch"]
     out = []
     for r in rows:
         mode, shape, opts = r["key"].split(" ")
@@ -377,9 +407,10 @@ def table(rows, empty_us=None):
                 x(r["ours_gpu_us"], r.get("torch_gpu_us")), f(t),
                 "-" if t is None else ("yes" if r["ours_gpu_us"] <= t else "MISS")]
         if empty_us:
+            e = r.get("empty_host_us") or empty_us  # the row's own empty launch (older JSON: none)
             line += [f(r.get("ours_host_us")), f(r.get("ours_varying_host_us")), f(r.get("prepared_host_us")),
-                     f(r.get("sglang_host_us")), f(r.get("torch_host_us")),
-                     " / ".join("-" if r.get(k) is None else f"{r[k] / empty_us:.1f}"
+                     f(r.get("sglang_host_us")), f(r.get("torch_host_us")), f(e),
+                     " / ".join("-" if r.get(k) is None else f"{r[k] / e:.1f}"
                                 for k in ("ours_host_us", "ours_varying_host_us", "prepared_host_us"))]
         out.append(line)
     widths = [max(len(str(v)) for v in col) for col in zip(header, *out)]

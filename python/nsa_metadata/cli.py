@@ -200,8 +200,9 @@ def parser():
     d.add_argument("--host", action="store_true",
                    help="show the NumPy reference only, even when a GPU is present")
     sub.add_parser("bench", add_help=False,
-                   help="time GPU and host cost against torch ops and the copy floor (needs torch "
-                   "with a CUDA GPU; nsa-metadata bench --help)")
+                   help="time GPU cost against torch ops and the copy floor, and host cost against "
+                   "an empty launch timed round-robin with each row (needs torch with a CUDA GPU; "
+                   "nsa-metadata bench --help)")
     return p, d
 
 
