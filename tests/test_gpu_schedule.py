@@ -62,6 +62,21 @@ def test_edge_batches(lib, mode, bs):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_small_batches(lib, mode):
+    """bs <= 32 with 16-byte rows, one destination set, unit strides: what the small kernel
+    (kernels/small.cuh) takes, so the closed form runs there, in blocks ranked after the
+    idle ones (target_verify 32 x 4: rows + 1 = 129 num_splits entries, past one block)."""
+    rng = np.random.default_rng(len(mode))
+    for bs in (1, 7, 32):
+        for max_len in (64, 4096):
+            for parts in (1, 66, 148):
+                inp = random_inputs(rng, mode, bs, max_len, W=max_len, next_n=4)
+                check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=64, topk=2048,
+                                               live=parts == 66, strided=False,
+                                               schedule=nm.Schedule(parts))
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_empty_batch(lib, mode):
     inp = batch(np.random.default_rng(0), mode, 0, "around")
     for source in ("topk", "sparse"):
