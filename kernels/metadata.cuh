@@ -100,19 +100,32 @@ __host__ __device__ inline int64_t expanded(int32_t lens, int64_t nrows, int64_t
   return v > 0 ? v : 0;
 }
 
-// expanded_sparse_sum of target_verify's hostile lengths, one row at a time (out of line: cold).
+// lo + (lo + 1) + ... + hi for INT32_MIN <= lo, hi <= INT32_MAX (0 when hi < lo): exact in int64_t,
+// modulo 2^32 in uint32_t.
+template <class T>
+__host__ __device__ inline T linear_sum(int64_t lo, int64_t hi) {
+  if (hi < lo) return 0;
+  const T n = static_cast<T>(hi - lo + 1);  // <= 2^32
+  return n * static_cast<T>(lo) + pairs(n);
+}
+
+// expanded_sparse_sum of target_verify's hostile lengths: the values lens + 1 .. lens + m (int64,
+// m <= INT32_MAX) in closed form. Those below 0 count themselves (sparse(x) = x there); those
+// from 0 to INT32_MAX, sparse(x); those past INT32_MAX wrap to x - 2^32, below 0 again. (Out of
+// line: cold.)
 template <class T>
 __host__ __device__ __noinline__ T wrapped_sparse_sum(int32_t lens, int64_t m, int32_t topk, int32_t kpool) {
-  T s = 0;
-#pragma unroll 1
-  for (int64_t j = 0; j < m; ++j) s += static_cast<T>(sparse(expanded<Mode::target_verify>(lens, m, j), topk, kpool));
-  return s;
+  constexpr int64_t kWrap = int64_t{1} << 32;
+  const int64_t lo = int64_t{lens} + 1, hi = int64_t{lens} + m;
+  const int64_t hi_int = hi < kInt32Max ? hi : kInt32Max;  // the values that do not wrap: [lo, hi_int]
+  const int64_t lo_wrap = lo > kInt32Max ? lo : kInt32Max + 1;  // those that do: [lo_wrap, hi]
+  return linear_sum<T>(lo, hi_int < -1 ? hi_int : -1) + sparse_range_sum<T>(lo, hi_int, topk, kpool) +
+         linear_sum<T>(lo_wrap - kWrap, hi - kWrap);
 }
 
 // sum of sparse(seqlens_expanded) over rows [0, m) of a request that owns `nrows` rows (exact in
-// int64_t, modulo 2^32 in uint32_t), in closed form where those values are consecutive and not
-// negative (target_verify's hostile lengths, which wrap or are negative, are summed one row at a
-// time).
+// int64_t, modulo 2^32 in uint32_t), in closed form (target_verify's hostile lengths, which wrap or
+// are negative, out of line).
 template <Mode M, class T>
 __host__ __device__ inline T expanded_sparse_sum(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpool) {
   if (m <= 0) return 0;

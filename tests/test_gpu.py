@@ -61,6 +61,18 @@ def test_small_kernel(lib, mode, tables):
                                            live=live, tables=TABLES[tables], strided=False, **kw)
 
 
+@pytest.mark.parametrize("small", [True, False])
+def test_target_verify_hostile_lengths_many_rows(lib, small):
+    """target_verify with next_n = 3000 and lengths that are negative or wrap past INT32_MAX:
+    their sparse sums in closed form (metadata.cuh's wrapped_sparse_sum), on the small kernel
+    (block (0, 0) sums every row's prefix) and on the general one (kpool 3)."""
+    rng = np.random.default_rng(3000)
+    inp = random_inputs(rng, "target_verify", 5, 64, W=64, next_n=3000)
+    inp["seq_lens"][:4] = [2**31 - 1000, -(2**31), -1500, 2**31 - 1]
+    check_device_matches_reference(lib, "target_verify", inp, max_len=64, page_size=64, topk=2048,
+                                   kpool=1 if small else 3, live=True, strided=not small)
+
+
 @pytest.mark.parametrize("bs", [255, 256, 257, 1023, 1024, 1025, 4097, 65536])
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_sizes(lib, mode, bs):

@@ -120,6 +120,18 @@ int main() {
           for (int64_t m : {0LL, 1LL, 3LL, 4LL, 9LL, 70000LL})
             if (m <= nrows) rows_case<nsa::Mode::draft_extend>(lens, nrows, m, topk, kpool);
       }
+  // target_verify's hostile lengths with many rows: below 0 up to past 0, up to past INT32_MAX
+  for (int32_t kpool : {1, 3, 64})
+    for (int32_t topk : {1, 2048, kMax})
+      for (int32_t lens : {-2147483647 - 1, -70000, -5, 0, 3, kMax - 70000, kMax - 5, kMax})
+        for (int64_t m : {10LL, 4097LL, 70000LL, 140001LL}) rows_case<nsa::Mode::target_verify>(lens, m, m, topk, kpool);
+  for (int k = 0; k < 3000; ++k) {
+    const int64_t m = 1 + static_cast<int64_t>(rng() % 3000);
+    const int32_t lens = static_cast<int32_t>(rng() % 2 ? kMax - static_cast<int64_t>(rng() % 6000)
+                                                        : -static_cast<int64_t>(rng() % 6000));
+    rows_case<nsa::Mode::target_verify>(lens, m, 1 + static_cast<int64_t>(rng() % m), 1 + static_cast<int32_t>(rng() % 4000),
+                                        1 + static_cast<int32_t>(rng() % 5));
+  }
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
