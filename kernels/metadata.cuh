@@ -100,12 +100,12 @@ __host__ __device__ inline int64_t expanded(int32_t lens, int64_t nrows, int64_t
   return v > 0 ? v : 0;
 }
 
-// lo + (lo + 1) + ... + hi for INT32_MIN <= lo, hi <= INT32_MAX (0 when hi < lo): exact in int64_t,
-// modulo 2^32 in uint32_t.
+// lo + (lo + 1) + ... + hi for INT32_MIN <= lo, hi <= INT32_MAX and fewer than 2^32 terms (0 when
+// hi < lo): exact in int64_t, modulo 2^32 in uint32_t.
 template <class T>
 __host__ __device__ inline T linear_sum(int64_t lo, int64_t hi) {
   if (hi < lo) return 0;
-  const T n = static_cast<T>(hi - lo + 1);  // <= 2^32
+  const T n = static_cast<T>(hi - lo + 1);
   return n * static_cast<T>(lo) + pairs(n);
 }
 

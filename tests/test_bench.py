@@ -116,19 +116,28 @@ def test_host_ratios_survive_the_machine_slowing_down(monkeypatch):
 
 
 def test_a_rows_host_columns_are_timed_together_with_its_empty_launch(monkeypatch):
+    cases = []
+
     class FakeCase:  # bench.Case without the GPU
         def __init__(self, *args, **opts):
             self.bytes = 1e6
+            self.host = False
             self.ours = self.ours_varying = self.prepared = self.torch = lambda k: None
+            cases.append(self)
 
-    together = []
+    together, host_sets = [], []
 
     def interleaved(fns):
         together.append(sorted(fns))
+        host_sets.append(cases[-1].host)
         return {k: 4.0 + i for i, k in enumerate(fns)}
 
+    def gpu(fn):
+        host_sets.append(cases[-1].host)
+        return 2.0
+
     monkeypatch.setattr(bench, "Case", FakeCase)
-    monkeypatch.setattr(bench, "gpu_us", lambda fn: 2.0)
+    monkeypatch.setattr(bench, "gpu_us", gpu)
     monkeypatch.setattr(bench, "copy_floor_us", lambda nbytes: 1.0)
     monkeypatch.setattr(bench, "empty_launch", lambda: lambda k: None)
     monkeypatch.setattr(bench, "host_us_interleaved", interleaved)
@@ -136,7 +145,19 @@ def test_a_rows_host_columns_are_timed_together_with_its_empty_launch(monkeypatc
     assert together == [["empty_host_us", "ours_host_us", "ours_varying_host_us", "prepared_host_us",
                          "torch_host_us"]]
     assert (r["ours_host_us"], r["empty_host_us"], r["sglang_host_us"]) == (4.0, 8.0, None)
+    # GPU times rotate the input sets, host times use one (Case.pick), and the case is left rotating
+    assert host_sets == [False, False, True] and cases[-1].host is False
     assert "empty_host_us" not in bench.run([("decode", 8, 4096, {})], progress=False, gpu_only=True)[0]
+
+
+def test_host_calls_use_one_buffer_set():
+    # rotating 64 sets beside the varying call's would overflow the one-shot plan cache (64
+    # plans) and time rebinding: host times use set 0, GPU times rotate
+    c = object.__new__(bench.Case)
+    c.nsets, c.host = 64, False
+    assert [c.pick(s) for s in (0, 5, 64, 70)] == [0, 5, 0, 6]
+    c.host = True
+    assert {c.pick(s) for s in range(200)} == {0}
 
 
 def test_x_launch_divides_by_each_rows_own_empty_launch():

@@ -4,7 +4,8 @@
 GPU time: a CUDA graph of K calls over rotating input/output sets, replays timed with events,
 median over replays / K. Host time: median of eager calls (outputs given, at most two on the GPU);
 a row's host columns and an empty launch are timed round-robin, in blocks of calls, so they see
-the same machine conditions, and `x launch` divides by the row's own empty launch.
+the same machine conditions, and `x launch` divides by the row's own empty launch; host calls use
+one input/output set (GPU times rotate the sets).
 Floor: a device-to-device copy moving the same bytes (read + write) as the call, timed the same
 way; for live rows those are the live bytes (the live copy floor).
 """

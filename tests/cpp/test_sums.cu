@@ -132,6 +132,8 @@ int main() {
     rows_case<nsa::Mode::target_verify>(lens, m, 1 + static_cast<int64_t>(rng() % m), 1 + static_cast<int32_t>(rng() % 4000),
                                         1 + static_cast<int32_t>(rng() % 5));
   }
+  // one run at full scale, INT32_MAX - 1 rows from 2^30 below INT32_MAX: past it and wrapped
+  rows_case<nsa::Mode::target_verify>(kMax - (1 << 30), kMax - 1, kMax - 1, 2048, 1);
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
