@@ -463,7 +463,8 @@ def plot(rows, empty_us, path, title):
                      label=f"ours prepared, {mode}")
         axes[1].plot(x, [r["torch_host_us"] for r in rs], "x--", color=color, alpha=0.6,
                      label=f"torch ops, {mode}")
-    axes[1].axhline(empty_us, color="k", ls=":", label="one empty launch")
+        axes[1].plot(x, [r.get("empty_host_us") or empty_us for r in rs], ":", color=color,
+                     label=f"its row's empty launch, {mode}")  # (older JSON: the run's)
     for ax, what in zip(axes, ("GPU us per call, live=True (graph of 16, median)",
                                "host us per eager call (median)")):
         ax.set_xscale("log")
