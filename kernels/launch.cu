@@ -208,6 +208,16 @@ const char* status_string(int status) {
   }
 }
 
+// The small kernel (small.cuh): what engines run at small batches, with the shortest chain of
+// instructions; what it does not handle goes to the general kernel.
+bool takes_small_kernel(const Inputs& in, const Outputs& out, const Params& p, int tables, int64_t per_group) {
+  return out.n == 1 && p.status == nullptr && in.bs <= 32 && p.kpool == 1 &&
+         (p.num_sm_parts == 0 || p.schedule_lengths == ScheduleLengths::topk) && per_group == 1 &&
+         rows_aligned(in, out) && in.seq_lens.stride == 1 && in.req_pool_indices.stride == 1 &&
+         (p.mode != Mode::draft_extend || in.extend_lens.stride == 1) &&
+         ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
+}
+
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error) {
   *cuda_error = cudaSuccess;
@@ -251,16 +261,9 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     if (err != cudaSuccess) return err;
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
-    // the small kernel: what engines run at small batches, with the shortest chain of instructions
-    const bool de = p.mode == Mode::draft_extend;
-    const bool small = out.n == 1 && p.status == nullptr && in.bs <= 32 && p.kpool == 1 &&
-                       (p.num_sm_parts == 0 || p.schedule_lengths == ScheduleLengths::topk) &&
-                       grid.per_group == 1 && rows_aligned(in, out) &&
-                       in.seq_lens.stride == 1 && in.req_pool_indices.stride == 1 &&
-                       (!de || in.extend_lens.stride == 1) &&
-                       ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
+    const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
-                     (de && in.extend_lens.is64 ? kExtend64 : 0);
+                     (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);
     return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, stream);
   });
 }

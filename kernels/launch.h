@@ -106,6 +106,13 @@ inline Shape shape_of(Mode mode, int64_t bs, int64_t next_n, int64_t total, int6
 // schedule_fits for the longest row p's length source allows). The launcher and the binding check it.
 bool schedule_fits(const Params& p, int64_t rows);
 
+// Whether launch() runs the small kernel (kernels/small.cuh) for a valid call whose destinations
+// write `tables` (1: page_table_1, 2: the real table, 3: both) with `per_group` requests per page
+// program (1 up to one program per request): one destination set, check=False, bs <= 32,
+// kpool == 1, no schedule walk, unit-stride index arrays, page_table_1 rows read and written on
+// 16 bytes, and pages a power of two >= 4 where a real table is written.
+bool takes_small_kernel(const Inputs& in, const Outputs& out, const Params& p, int tables, int64_t per_group);
+
 enum Status : int {
   kOk = 0,
   kBadArgument = 1,  // a struct field outside what the host-side validation allows

@@ -75,13 +75,18 @@ __host__ __device__ inline T sparse_range_sum(int64_t lo, int64_t hi, int32_t to
 
 // ---- the modes (SPEC "Modes"): rows a request owns, cache_seqlens, seqlens_expanded, L
 
+// Rows a draft_extend request owns, from its raw extend_lens value: max(int32(raw), 0).
+__host__ __device__ inline int64_t extend_rows(int64_t raw) {
+  const int64_t e = wrap32(raw);
+  return e > 0 ? e : 0;
+}
+
 // Rows request i owns: decode 1, target_verify next_n, draft_extend max(extend_lens[i], 0).
 template <Mode M>
 __device__ inline int64_t rows_of(const Inputs& in, int32_t next_n, int64_t i) {
   if constexpr (M == Mode::decode) return 1;
   if constexpr (M == Mode::target_verify) return next_n;
-  const int64_t e = wrap32(load_index(in.extend_lens, i));
-  return e > 0 ? e : 0;
+  return extend_rows(load_index(in.extend_lens, i));
 }
 
 // cache_seqlens[i], which is also L of every row of request i.

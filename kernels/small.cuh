@@ -9,9 +9,9 @@
 // - the index dtypes are template parameters (the host knows them): no branch or select per load;
 // - a page program issues every load its copy waits on first, then its first round of 16-byte
 //   loads, and only then the arithmetic its stores need (draft_extend's row start);
-// - block (0, 0) builds the 1-D outputs with its 4 warps: each warp scans the requests (one per
-//   lane) with shuffles, then warp w writes rows w, w + 4, ... of every request, so no lane
-//   writes all of its request's rows one after another.
+// - block (0, 0) builds the 1-D outputs with its 4 warps (decode, one row per request: warp 0):
+//   each warp scans the requests (one per lane) with shuffles, then warp w writes rows w, w + 4,
+//   ... of every request, so no lane writes all of its request's rows one after another.
 // The grid is the general kernel's (plan_grid): (1 + bs, splits) of 128 threads, block (1 + i, s)
 // split s of request i; (1, 1) when there is nothing to copy (no table, no request or no column).
 #pragma once
@@ -64,8 +64,7 @@ template <Mode M, int kIndex>
 __device__ inline int64_t small_rows_of(const SmallArgs& a, int32_t i) {
   if constexpr (M == Mode::decode) return 1;
   if constexpr (M == Mode::target_verify) return a.next_n;
-  const int64_t e = wrap32(load_as<(kIndex & kExtend64) != 0>(a.extend_lens, i));
-  return e > 0 ? e : 0;
+  return extend_rows(load_as<(kIndex & kExtend64) != 0>(a.extend_lens, i));
 }
 
 // ------------------------------------------------------------------ block (0, 0): 1-D outputs
@@ -239,8 +238,8 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 // FlashMLA's schedule (topk rows) spread over every thread, blocks without a page program
 // first and block (0, 0) last (the order of kernels.cuh's schedule_spread). Out of line, so a
 // call without the schedule reads none of its fields.
-template <class Args>  // (a template: a header may not define a plain device function)
-__device__ __noinline__ void small_schedule(const Args& a) {
+template <class A>  // (SmallArgs; a template, so several translation units may include this header)
+__device__ __noinline__ void small_schedule(const A& a) {
   const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
   sched::schedule_uniform(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits},
                           spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x), threads);

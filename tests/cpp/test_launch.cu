@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "check_cuda.h"
@@ -185,12 +186,92 @@ bool run_case(const Case& c, std::mt19937_64& rng) {
   return ok;
 }
 
+// nsa::takes_small_kernel on the host (it reads no memory): the call the GPU tests that name the
+// small kernel make (tests/test_gpu.py::test_small_kernel, test_gpu_schedule.py::test_small_batches)
+// takes it, and each condition alone sends it to the general kernel. Returns the failures.
+int small_choice_failures() {
+  alignas(16) static int32_t table[64], pt1[64], small[8];
+  const auto base = [&](nsa::Mode mode) {
+    nsa::Inputs in;
+    in.seq_lens = {small, 1, false};
+    in.req_pool_indices = {small, 1, true};
+    in.extend_lens = {small, 1, false};
+    in.req_to_token = table;
+    in.pool_rows = 4;
+    in.table_width = in.row_stride = 16;
+    in.bs = 32;
+    nsa::Outputs out;
+    out.n = 1;
+    out.dest[0].page_table_1 = pt1;
+    out.dest[0].page_table_1_stride = 16;
+    nsa::Params p;
+    p.mode = mode;
+    p.page_size = 64;
+    p.num_sm_parts = 66;
+    return std::make_tuple(in, out, p);
+  };
+  int failures = 0;
+  const auto expect = [&](bool got, bool want, const char* what) {
+    if (got != want) {
+      std::printf("takes_small_kernel: %s: %d, want %d\n", what, got, want);
+      ++failures;
+    }
+  };
+  for (nsa::Mode mode : {nsa::Mode::decode, nsa::Mode::target_verify, nsa::Mode::draft_extend}) {
+    auto [in, out, p] = base(mode);
+    expect(nsa::takes_small_kernel(in, out, p, 3, 1), true, "the tests' call");
+    expect(nsa::takes_small_kernel(in, out, p, 3, 2), false, "two requests per program");
+    auto o = out;
+    o.n = 2;
+    expect(nsa::takes_small_kernel(in, o, p, 3, 1), false, "two destination sets");
+    auto q = p;
+    unsigned long long status;
+    q.status = &status;
+    expect(nsa::takes_small_kernel(in, out, q, 3, 1), false, "check=True");
+    auto i = in;
+    i.bs = 33;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), false, "bs 33");
+    q = p;
+    q.kpool = 2;
+    expect(nsa::takes_small_kernel(in, out, q, 3, 1), false, "kpool 2");
+    q = p;
+    q.schedule_lengths = nsa::ScheduleLengths::sparse;
+    expect(nsa::takes_small_kernel(in, out, q, 3, 1), false, "the schedule walk");
+    i = in;
+    i.row_stride = 18;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), false, "table rows off 16 bytes");
+    i = in;
+    i.req_to_token = table + 1;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), false, "table off 16 bytes");
+    o = out;
+    o.dest[0].page_table_1_stride = 17;
+    expect(nsa::takes_small_kernel(in, o, p, 3, 1), false, "page_table_1 rows off 16 bytes");
+    i = in;
+    i.seq_lens.stride = 2;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), false, "strided seq_lens");
+    i = in;
+    i.req_pool_indices.stride = 3;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), false, "strided req_pool_indices");
+    i = in;
+    i.extend_lens.stride = 2;
+    expect(nsa::takes_small_kernel(i, out, p, 3, 1), mode != nsa::Mode::draft_extend, "strided extend_lens");
+    q = p;
+    q.page_size = 2;
+    expect(nsa::takes_small_kernel(in, out, q, 3, 1), false, "page 2 with a real table");
+    expect(nsa::takes_small_kernel(in, out, q, 1, 1), true, "page 2, page_table_1 only");
+    q.page_size = 48;
+    expect(nsa::takes_small_kernel(in, out, q, 2, 1), false, "page 48 with a real table");
+  }
+  return failures;
+}
+
 }  // namespace
 
 int main() {
+  if (small_choice_failures() != 0) return 1;
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    std::printf("no CUDA device: skipped\n");
+    std::printf("no CUDA device: skipped (after the host checks of takes_small_kernel)\n");
     return 77;
   }
   std::mt19937_64 rng(1234);

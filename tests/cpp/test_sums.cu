@@ -55,7 +55,7 @@ void rows_case(int32_t lens, int64_t nrows, int64_t m, int32_t topk, int32_t kpo
   expect(nsa::expanded_sparse_sum<M, int64_t>(lens, nrows, m, topk, kpool) == want, "expanded_sparse_sum<int64_t>",
          lens, nrows, m, want);
   expect(nsa::expanded_sparse_sum<M, uint32_t>(lens, nrows, m, topk, kpool) == static_cast<uint32_t>(want),
-         "expanded_sparse_sum<uint32_t>", lens, nrows, m, static_cast<int>(M));
+         "expanded_sparse_sum<uint32_t>", lens, nrows, m, want);
 }
 
 }  // namespace
