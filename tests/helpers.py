@@ -8,6 +8,15 @@ import nsa_metadata as nm
 POISON = -0x5EEDBEF  # an int32 no call writes by chance
 
 
+def repoison(md):
+    """Every output of Metadata `md` back to POISON (NumPy, CuPy or torch; on the current stream),
+    so a step that writes nothing of a region fails instead of showing an earlier step's values."""
+    for f in nm.Metadata.__slots__:
+        a = getattr(md, f)
+        if a is not None:
+            (a.fill_ if hasattr(a, "fill_") else a.fill)(POISON)
+
+
 def random_inputs(rng, mode, bs, max_len, *, P=None, W=None, idx_dtype=np.int64, bad_pool=True,
                   next_n=3, max_extend=5):
     """seq_lens around max_len (some above, a few zero), pool indices (a few out of range when

@@ -9,8 +9,7 @@ import pytest
 
 import nsa_metadata as nm
 from nsa_metadata import _plans
-from nsa_metadata._metadata import FIELDS
-from helpers import POISON, DLPackOnly, random_inputs
+from helpers import POISON, DLPackOnly, random_inputs, repoison
 from test_binding import plan_bytes
 
 pytestmark = pytest.mark.gpu
@@ -29,15 +28,6 @@ def buffer_set(lib, mode, seed):
                      full(rows, -(-W // PAGE)), None if mode == "decode" else full(rows))
     dev = {k: lib.to_device(v) for k, v in inp.items() if isinstance(v, np.ndarray)}
     return inp, dev, md
-
-
-def repoison(md):
-    """Every output back to POISON (on the current stream), so a step that writes nothing of a
-    region fails instead of showing the last step's values."""
-    for f in FIELDS:
-        a = getattr(md, f)
-        if a is not None:
-            (a.fill_ if hasattr(a, "fill_") else a.fill)(POISON)
 
 
 def one_shot(mod, mode, arrays, bs, max_len, **kw):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from helpers import POISON, Lib, random_inputs
+from helpers import POISON, Lib, random_inputs, repoison
 
 pytestmark = pytest.mark.gpu
 MODES = ["decode", "target_verify", "draft_extend"]
@@ -164,9 +164,7 @@ def test_torch_graph_replays(mode, how):
     for r in range(REPLAYS):
         refresh(lib, rng, mode, inp, dev)
         if r % 25 == 0:  # reset to poison now and then: stale rows must not pass
-            for f in nm.Metadata.__slots__:
-                if getattr(md, f) is not None:
-                    getattr(md, f).fill_(POISON)
+            repoison(md)
         before = host(lib, md)
         g.replay()
         torch.cuda.synchronize()

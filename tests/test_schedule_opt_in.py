@@ -8,7 +8,7 @@ import pytest
 import fakes
 import nsa_metadata as nm
 from fakes import FakeTensor
-from helpers import POISON, call, random_inputs, rows_of
+from helpers import POISON, call, random_inputs, repoison, rows_of
 
 MODES = ["decode", "target_verify"]
 W = 300
@@ -69,9 +69,7 @@ def out_with_schedule(mode, inp, parts, sets=1):
     outs = []
     for _ in range(sets):
         md = call(nm, mode, inp, max_len=W, topk=1000)
-        for f in nm.Metadata.__slots__:
-            if getattr(md, f) is not None:
-                getattr(md, f).fill(POISON)
+        repoison(md)
         md.tile_scheduler_metadata = np.full((parts + 2, 8), POISON, np.int32)
         md.num_splits = np.full(rows_of(mode, inp) + 4, POISON, np.int32)
         outs.append(md)

@@ -351,8 +351,15 @@ def test_a_dead_buffer_is_never_launched_into(monkeypatch):
     del b["cache_seqlens"]
     gc.collect()
     new = b["cache_seqlens"] = FakeTensor(keep)
-    monkeypatch.setattr(sg, "id", lambda a: dead_id if a is new else id(a), raising=False)
+    asked = []
+
+    def fake_id(a):
+        asked.append(a is new)
+        return dead_id if a is new else id(a)
+
+    monkeypatch.setattr(sg, "id", fake_id, raising=False)
     call_sglang("decode", d, b, page_size=64)
+    assert any(asked), "the key did not read the new buffer's id through sglang's id"
     assert len(rec.plans) == 2
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import nsa_metadata as nm
 from helpers import (POISON, Lib, call, check_device_matches_reference, poisoned_out, random_inputs,
-                     rows_of)
+                     repoison, rows_of)
 
 pytestmark = pytest.mark.two_gpus
 LIBS = ["torch", "cupy"]
@@ -163,9 +163,7 @@ def test_torch_current_stream_of_the_arrays_device(mode):
     s1, other, reader = (torch.cuda.Stream(device=1) for _ in range(3))
 
     def poison():
-        for f in nm.Metadata.__slots__:
-            if getattr(out, f) is not None:
-                getattr(out, f).fill_(POISON)
+        repoison(out)
         torch.cuda.synchronize(1)
 
     def early():  # read on a third stream of cuda:1, not ordered after s1 or `other`

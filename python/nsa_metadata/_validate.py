@@ -17,7 +17,7 @@ from . import _arrays, _core, reference
 from . import schedule as sch
 from ._arrays import Arr
 from ._metadata import CTX_2D, OPTIONAL, SCHEDULE, Metadata, Schedule
-from .reference import INT32_MAX
+from .schedule import INT32_MAX
 
 INDEX_DTYPES = ("int32", "int64")
 UNBOUNDED = 2**62
@@ -299,11 +299,12 @@ def capacity(mode: str, dests: Dests, next_n: int, bs: int = UNBOUNDED) -> _core
 class Call:
     """A validated one-shot call: its arrays, its step and the scalars a plan binds."""
 
-    def __init__(self, mode: str, arrs: List[Arr], outs: Optional[List[Metadata]],
-                 dests: Optional[Dests], regions: Regions, bs: int, max_len: int, total: int,
-                 topk: int, kpool: int, page_size: int, next_n: int, live: bool, check: bool,
-                 stream: Optional[int], schedule: Optional[Schedule] = None) -> None:
-        self.mode, self.arrs, self.outs, self.dests = mode, arrs, outs, dests
+    def __init__(self, mode: str, arrs: List[Arr], regions: Regions, bs: int, max_len: int,
+                 total: int, topk: int, kpool: int, page_size: int, next_n: int, live: bool,
+                 check: bool, stream: Optional[int], schedule: Optional[Schedule] = None) -> None:
+        self.mode, self.arrs = mode, arrs
+        self.outs: Optional[List[Metadata]] = None  # out= and its destination sets (one_shot)
+        self.dests: Optional[Dests] = None
         self.schedule = schedule
         self.regions = regions  # what this step writes of each output (shapes)
         nsa = regions["nsa_cache_seqlens"]
@@ -365,8 +366,8 @@ def one_shot(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
     else:
         total = 0
     want = shapes(mode, bs, next_n, total, max_len, page_size, parts_of(sched))
-    c = Call(mode, arrs, None, None, want, bs, max_len, total, topk, kpool, page_size, next_n,
-             live, check, handle, sched)
+    c = Call(mode, arrs, want, bs, max_len, total, topk, kpool, page_size, next_n, live, check,
+             handle, sched)
     check_schedule_fits(sched, c.rows, topk, kpool)
     if out is not None:
         c.outs, c.dests, spans = destinations(out, want, device, page_size)

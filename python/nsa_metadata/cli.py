@@ -13,6 +13,7 @@ import numpy as np
 import nsa_metadata as nm
 
 from . import __version__, reference
+from .schedule import INT32_MAX
 from ._metadata import FIELDS  # SPEC's outputs, in order (a demo leaves the optional ones None)
 from .reference import MODES
 DEMO_MAX_ELEMENTS = 1 << 26  # the largest table: 256 MiB of int32
@@ -215,7 +216,7 @@ def _check_demo(args, error):
         error(f"--bs {args.bs}, --next-n {args.next_n} and --context {args.context} need a table of"
               f" {biggest} elements; the demo stays within {DEMO_MAX_ELEMENTS}")
     slots = 2 * args.bs * -(-args.context // args.page_size) * args.page_size
-    if slots > reference.INT32_MAX:
+    if slots > INT32_MAX:
         error(f"--page-size {args.page_size} makes KV slot indices past int32 for this batch")
 
 
