@@ -298,11 +298,12 @@ __device__ inline bool spread_has_work(int32_t parts, int32_t rows) {
 // FlashMLA's schedule with topk for every row: the host's closed form, no barrier, spread over
 // every thread of the grid so no block runs more than a few entries (num_splits has rows + 1).
 // Blocks without a page program come first and the metadata block last: at small batches those
-// two are what the launch waits for. (Out of line, as schedule_block.)
+// two are what the launch waits for. (Out of line, as schedule_block; the plan comes by value,
+// as small.cuh's small_schedule says why.)
 template <int kSlots>
-__device__ __noinline__ void schedule_spread(const Args<kSlots>& a) {
+__device__ __noinline__ void schedule_spread(const sched::UniformPlan u, const Args<kSlots>& a) {
   const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
-  sched::schedule_uniform(a.uniform, ScheduleSink<kSlots>{a}, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x),
+  sched::schedule_uniform(u, ScheduleSink<kSlots>{a}, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x),
                           threads);
 }
 
@@ -525,7 +526,7 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   }
   if (kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk &&
       spread_has_work(a.p.num_sm_parts, a.rows))
-    schedule_spread(a);
+    schedule_spread(a.uniform, a);
 }
 
 }  // namespace nsa
