@@ -36,6 +36,16 @@ constexpr int kUnroll = 2;            // program steps in flight per thread (H10
 #define NSA_MIN_BLOCKS 8  // resident blocks per SM the registers allow: <= 64 each, no spills
 #endif
 
+// A kernel's first step. The launcher may start this kernel while the previous kernel of the
+// stream is still finishing (programmatic dependent launch, sm_90 and newer): its blocks are then
+// resident early, and here they wait until that kernel has completed and its memory is visible,
+// before any load or store. Without that launch attribute this returns at once.
+__device__ inline void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // The page tables some destination writes (the code for the others is not compiled).
 enum Tables : int { kPageTable1 = 1, kRealTable = 2, kBothTables = 3 };
 
@@ -512,6 +522,7 @@ template <Mode M, int kTables, int kSlots>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   // (uniform branches on parameters: the path without the schedule is unchanged)
   constexpr bool kScheduled = M != Mode::draft_extend;
+  wait_for_previous_kernel();
   if (blockIdx.x > 0) {
     page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
   } else if (blockIdx.y == 0) {

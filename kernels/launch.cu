@@ -2,6 +2,8 @@
 // kernel instance runs for a call (choose_kernel) and how the call is cut into programs
 // (plan_grid), and launches it on the caller's stream without synchronising.
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels.cuh"
 #include "launch.h"
@@ -22,17 +24,52 @@ int log2_exact(int64_t x) {
   return (int64_t{1} << s) == x ? s : -1;
 }
 
-// Multiprocessors of `device`, asked once per device (the launch path never asks the driver).
-cudaError_t sm_count(int device, int* n) {
+// What a launch needs to know of `device`, asked once per device (the launch path never asks the
+// driver again): its multiprocessors, and whether a launch may overlap the previous kernel of the
+// stream (programmatic dependent launch): sm_90 or newer, kernels built from sm_90 or newer PTX
+// (so they wait for that kernel first: wait_for_previous_kernel), and NSA_METADATA_PDL not "0".
+struct DeviceFacts {
+  int sms = 0;
+  bool overlap = false;
+};
+
+cudaError_t device_facts(int device, DeviceFacts* f) {
   constexpr int kCached = 64;
-  static std::atomic<int> cache[kCached];
+  static std::atomic<int> cache[kCached];  // 0: not asked yet, else sms << 1 | overlap
   if (device >= 0 && device < kCached) {
-    *n = cache[device].load(std::memory_order_relaxed);
-    if (*n > 0) return cudaSuccess;
+    const int c = cache[device].load(std::memory_order_relaxed);
+    if (c > 0) {
+      f->sms = c >> 1, f->overlap = (c & 1) != 0;
+      return cudaSuccess;
+    }
   }
-  const cudaError_t err = cudaDeviceGetAttribute(n, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess && device >= 0 && device < kCached) cache[device].store(*n, std::memory_order_relaxed);
-  return err;
+  int major = 0;
+  cudaFuncAttributes fa{};
+  cudaError_t err = cudaDeviceGetAttribute(&f->sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(&empty_kernel));
+  if (err != cudaSuccess) return err;
+  const char* env = std::getenv("NSA_METADATA_PDL");
+  f->overlap = major >= 9 && fa.ptxVersion >= 90 && !(env != nullptr && std::strcmp(env, "0") == 0);
+  if (device >= 0 && device < kCached) cache[device].store(f->sms << 1 | (f->overlap ? 1 : 0), std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+// One kernel launch of kThreads-thread blocks with its one parameter struct; overlap: see
+// DeviceFacts. The launch's own return code: an earlier error elsewhere is neither reported nor
+// cleared.
+cudaError_t launch_kernel(const void* kernel, dim3 grid, void* arg, bool overlap, cudaStream_t stream) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = overlap ? 1 : 0;
+  void* args[] = {arg};
+  return cudaLaunchKernelExC(&cfg, kernel, args);
 }
 
 struct Grid {
@@ -61,7 +98,7 @@ Grid plan_grid(int64_t bs, int64_t steps, int64_t target) {
 
 template <Mode M, int kTables, int kSlots>
 cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& p, const Shape& shape,
-                            const Grid& grid, cudaStream_t stream) {
+                            const Grid& grid, bool overlap, cudaStream_t stream) {
   Args<kSlots> a{};
   a.in = in;
   for (int d = 0; d < out.n; ++d) a.dest[d] = out.dest[d];
@@ -74,16 +111,14 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
   a.ps_shift = log2_exact(p.page_size);
   if (p.num_sm_parts > 0 && p.schedule_lengths == ScheduleLengths::topk)  // (host: 1 to 148 steps)
     a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
-  void* args[] = {&a};
-  // The launch's own return code: an earlier error elsewhere is neither reported nor cleared.
-  return cudaLaunchKernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(),
-                          dim3(kThreads), args, 0, stream);
+  return launch_kernel(reinterpret_cast<const void*>(&metadata_kernel<M, kTables, kSlots>), grid.dims(), &a,
+                       overlap, stream);
 }
 
 // The small kernel (small.cuh): one destination set, what launch() checked it may take.
 template <Mode M, int kTables, int kIndex>
 cudaError_t launch_small(const Inputs& in, const Outputs& out, const Params& p, const Shape& shape,
-                         const Grid& grid, cudaStream_t stream) {
+                         const Grid& grid, bool overlap, cudaStream_t stream) {
   const Dest& D = out.dest[0];
   SmallArgs a{};
   a.seq_lens = in.seq_lens.data;
@@ -118,12 +153,11 @@ cudaError_t launch_small(const Inputs& in, const Outputs& out, const Params& p, 
     a.num_splits = D.num_splits;
     a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
   }
-  void* args[] = {&a};
-  return cudaLaunchKernel(reinterpret_cast<const void*>(&small_kernel<M, kTables, kIndex>), grid.dims(),
-                          dim3(kThreads), args, 0, stream);
+  return launch_kernel(reinterpret_cast<const void*>(&small_kernel<M, kTables, kIndex>), grid.dims(), &a, overlap,
+                       stream);
 }
 
-using LaunchFn = cudaError_t (*)(const Inputs&, const Outputs&, const Params&, const Shape&, const Grid&,
+using LaunchFn = cudaError_t (*)(const Inputs&, const Outputs&, const Params&, const Shape&, const Grid&, bool,
                                  cudaStream_t);
 
 // The small kernel's instance for the index dtypes (IndexBits; extend_lens' only in draft_extend).
@@ -256,15 +290,15 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
                         : (tables & kPageTable1) ? (p.max_len + kChunk - 1) / kChunk
                                                  : (shape.real_width + kThreads - 1) / kThreads;
   return on_device(device, cuda_error, [&] {
-    int sms = 0;
-    cudaError_t err = sm_count(device, &sms);
+    DeviceFacts dev;
+    const cudaError_t err = device_facts(device, &dev);
     if (err != cudaSuccess) return err;
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
-    const Grid grid = plan_grid(in.bs, steps, int64_t{sms} * NSA_PROGRAMS_PER_SM);
+    const Grid grid = plan_grid(in.bs, steps, int64_t{dev.sms} * NSA_PROGRAMS_PER_SM);
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);
-    return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, stream);
+    return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, dev.overlap, stream);
   });
 }
 

@@ -120,7 +120,10 @@ enum Status : int {
 };
 
 // Launches the one kernel of a call on `stream` of `device` (the caller's current device is
-// restored). Never synchronises. Returns kOk or a Status, and on kCudaError the CUDA error of
+// restored). Never synchronises. On sm_90 and newer the launch may overlap the end of the previous
+// kernel of the stream (programmatic dependent launch): the kernel waits for that kernel's
+// completion before its first load or store, so stream order holds; NSA_METADATA_PDL=0 in the
+// environment (read at a device's first launch) turns the overlap off. Returns kOk or a Status, and on kCudaError the CUDA error of
 // this launch (an earlier, unrelated error is neither reported nor cleared).
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error);

@@ -249,6 +249,7 @@ __device__ __noinline__ void small_schedule(const Plan u, const sched::PtrSink s
 // kIndex: IndexBits of the index arrays' dtypes.
 template <Mode M, int kTables, int kIndex>
 __global__ void __launch_bounds__(kThreads) small_kernel(const __grid_constant__ SmallArgs a) {
+  wait_for_previous_kernel();
   if (blockIdx.x > 0) {
     small_program<M, kTables, kIndex>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
   } else if (blockIdx.y == 0) {

@@ -540,7 +540,8 @@ def main(args):
     configs = [c for c in (QUICK if args.quick else FULL)
                if args.match is None or re.search(args.match, label(*c))]
     title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}"
-             f"{f', sglang {sgl.VERSION}' if sgl else ''}, {time.strftime('%Y-%m-%d')}")
+             f"{f', sglang {sgl.VERSION}' if sgl else ''}, {time.strftime('%Y-%m-%d')}"
+             f"{', NSA_METADATA_PDL=0' if os.environ.get('NSA_METADATA_PDL') == '0' else ''}")
     warm_up_gpu()
     empty = None if args.gpu_only else empty_launch_host_us()
 
