@@ -1,8 +1,9 @@
 // Latency probe for small batches (no Python): our launch against a minimal decode kernel and an
 // empty kernel of the same grid, each as a CUDA graph of K calls over rotating input sets
-// (median replay / K), so a kernel change can be judged without the package. PROBE_EAGER=1
-// launches each kernel a few times without a graph instead and prints nothing, as a target for
-// Nsight Compute (ncu -k regex:"min_kernel|small_kernel|metadata_kernel" ./probe).
+// (median replay / K), so a kernel change can be judged without the package. Ours goes through
+// nsa::launch, so on sm_90+ it overlaps the previous call; the other two do not
+// (NSA_METADATA_PDL=0 times ours the same way). PROBE_EAGER=1 launches each kernel a few times
+// without a graph instead and prints nothing, as a target for Nsight Compute (ncu -k regex:"min_kernel|small_kernel|metadata_kernel" ./probe).
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Ikernels benchmarks/probe.cu kernels/launch.cu -o probe
 // (or the nsa_probe target of a -DNSA_BUILD_TESTS=ON build). Exits 77 without a GPU.
 #include <algorithm>
@@ -195,13 +196,14 @@ int main() {
     const float t_ours = eager ? 0 : graph_us(st, [&](int k) { ours(k, true, true); });
     const float t_meta = eager ? 0 : graph_us(st, [&](int k) { ours(k, false, false); });
     const float t_real = eager ? 0 : graph_us(st, [&](int k) { ours(k, true, false); });
-    const float t_sched = eager || c.mode == nsa::Mode::draft_extend ? 0 : graph_us(st, [&](int k) { ours(k, true, true, true); });
+    const bool sched = !eager && c.mode != nsa::Mode::draft_extend;  // (draft_extend has no schedule)
+    const float t_sched = sched ? graph_us(st, [&](int k) { ours(k, true, true, true); }) : 0;
     const char* names[] = {"decode", "target_verify", "draft_extend"};
     if (!eager)
       std::printf("%-14s %3dx%-5d %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f\n", names[static_cast<int>(c.mode)], bs, ctx,
                 t_empty, t_min, t_ours, t_meta, t_real, t_sched);
-    for (void* ptr : {(void*)tsm, (void*)splits_out, (void*)d_table, (void*)cache, (void*)cu, (void*)nsa, (void*)nsa_cu, (void*)exp,
-                      (void*)pt1, (void*)real})
+    for (void* ptr : {(void*)tsm, (void*)splits_out, (void*)d_table, (void*)cache, (void*)cu, (void*)nsa,
+                      (void*)nsa_cu, (void*)exp, (void*)pt1, (void*)real})
       CHECK_CUDA(cudaFree(ptr));
     for (int s = 0; s < SETS; ++s) {
       CHECK_CUDA(cudaFree(lens[s]));

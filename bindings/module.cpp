@@ -140,6 +140,14 @@ std::optional<std::pair<int64_t, nsa::BadKind>> bad_element(int64_t word) {
   return std::make_pair(static_cast<int64_t>(w >> 3), static_cast<nsa::BadKind>(w & 7));
 }
 
+bool overlaps_previous_kernel(int device) {
+  cudaError_t cuda_error = cudaSuccess;
+  bool overlap = false;
+  if (nsa::overlaps_previous_kernel(device, &overlap, &cuda_error) != nsa::kOk)
+    throw std::runtime_error(std::string("nsa-metadata: ") + cudaGetErrorString(cuda_error));
+  return overlap;
+}
+
 void empty_launch(int device, uintptr_t stream) {
   cudaError_t cuda_error = cudaSuccess;
   if (nsa::launch_empty(device, reinterpret_cast<cudaStream_t>(stream), &cuda_error) != nsa::kOk)
@@ -288,4 +296,7 @@ NB_MODULE(_core, m) {
         "Decode check=True's status word: None, or (request index, BadKind).");
   m.def("empty_launch", &empty_launch, "device"_a, "stream"_a,
         "Launch an empty kernel (the benchmark's host-cost floor).");
+  m.def("overlaps_previous_kernel", &overlaps_previous_kernel, "device"_a,
+        "Whether launches on `device` overlap the end of the stream's previous kernel (sm_90+ PTX "
+        "and device, NSA_METADATA_PDL not '0'); the kernel waits for it before any load or store.");
 }

@@ -16,6 +16,7 @@ namespace {
 #define NSA_PROGRAMS_PER_SM 16  // two waves of resident blocks (8 per SM): balances rows of unequal length
 #endif
 
+// (in the kernels' translation unit: device_facts reads the PTX version of their common image)
 __global__ void empty_kernel() {}
 
 int log2_exact(int64_t x) {
@@ -28,6 +29,7 @@ int log2_exact(int64_t x) {
 // driver again): its multiprocessors, and whether a launch may overlap the previous kernel of the
 // stream (programmatic dependent launch): sm_90 or newer, kernels built from sm_90 or newer PTX
 // (so they wait for that kernel first: wait_for_previous_kernel), and NSA_METADATA_PDL not "0".
+// (Device ordinals past the cache are asked at every launch.)
 struct DeviceFacts {
   int sms = 0;
   bool overlap = false;
@@ -51,7 +53,8 @@ cudaError_t device_facts(int device, DeviceFacts* f) {
   if (err != cudaSuccess) return err;
   const char* env = std::getenv("NSA_METADATA_PDL");
   f->overlap = major >= 9 && fa.ptxVersion >= 90 && !(env != nullptr && std::strcmp(env, "0") == 0);
-  if (device >= 0 && device < kCached) cache[device].store(f->sms << 1 | (f->overlap ? 1 : 0), std::memory_order_relaxed);
+  if (device >= 0 && device < kCached)
+    cache[device].store(f->sms << 1 | (f->overlap ? 1 : 0), std::memory_order_relaxed);
   return cudaSuccess;
 }
 
@@ -299,6 +302,16 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);
     return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, dev.overlap, stream);
+  });
+}
+
+int overlaps_previous_kernel(int device, bool* overlap, cudaError_t* cuda_error) {
+  *overlap = false;
+  return on_device(device, cuda_error, [&] {
+    DeviceFacts dev;
+    const cudaError_t err = device_facts(device, &dev);
+    *overlap = dev.overlap;
+    return err;
   });
 }
 

@@ -120,13 +120,18 @@ enum Status : int {
 };
 
 // Launches the one kernel of a call on `stream` of `device` (the caller's current device is
-// restored). Never synchronises. On sm_90 and newer the launch may overlap the end of the previous
-// kernel of the stream (programmatic dependent launch): the kernel waits for that kernel's
-// completion before its first load or store, so stream order holds; NSA_METADATA_PDL=0 in the
-// environment (read at a device's first launch) turns the overlap off. Returns kOk or a Status, and on kCudaError the CUDA error of
-// this launch (an earlier, unrelated error is neither reported nor cleared).
+// restored). Never synchronises. The launch may overlap the end of the previous kernel of the
+// stream (programmatic dependent launch; see overlaps_previous_kernel): the kernel waits for that
+// kernel's completion before its first load or store, so stream order holds. Returns kOk or a
+// Status, and on kCudaError the CUDA error of this launch (an earlier, unrelated error is neither
+// reported nor cleared).
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error);
+
+// Whether launch() on `device` overlaps the previous kernel of the stream: the device is sm_90
+// or newer, the kernels were built from sm_90 or newer PTX, and NSA_METADATA_PDL is not "0" in the
+// environment (read with the device's other facts, once per device). Returns kOk or kCudaError.
+int overlaps_previous_kernel(int device, bool* overlap, cudaError_t* cuda_error);
 
 // An empty kernel on `stream` of `device`: the floor of what a launch costs the host.
 int launch_empty(int device, cudaStream_t stream, cudaError_t* cuda_error);

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import _api
+from . import _api, _core
 from .reference import MODES
 
 K = 16      # calls per graph
@@ -217,11 +217,12 @@ class Case:
                   d["extend_lens"], next_n=self.spec, total=self.rows, out=md, **kw)
 
 
-def gpu_us(fn, replays=None, lead=True):
+def gpu_us(fn, replays=None):
     """Median GPU microseconds per call: a graph of K calls (fn(k) for k < K), replayed (100
-    times, or 30 when a replay takes a millisecond or more). lead: a sleeping kernel ahead of
-    each timed replay keeps the stream busy while the host records the start event and launches
-    the graph, so the events time the graph alone, not the host's launch latency."""
+    times, or 30 when a replay takes a millisecond or more). A sleeping kernel ahead of each
+    timed replay keeps the stream busy while the host records the start event and launches the
+    graph, so the events time the graph alone, not the host's launch latency (on an H100 that
+    latency added 0.2-0.3 us per call at small rows, and outliers of several us)."""
     import torch
 
     s = torch.cuda.Stream()
@@ -249,8 +250,7 @@ def gpu_us(fn, replays=None, lead=True):
     times = []
     for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if lead:
-            torch.cuda._sleep(LEAD_CYCLES)
+        torch.cuda._sleep(LEAD_CYCLES)
         a.record()
         g.replay()
         b.record()
@@ -331,8 +331,6 @@ def warm_up_gpu(seconds=0.5):
 def empty_launch():
     """fn(k): one empty kernel launch through this extension (the launch floor)."""
     import torch
-
-    from . import _core
 
     stream = torch.cuda.current_stream().cuda_stream
     dev = torch.cuda.current_device()
@@ -541,7 +539,8 @@ def main(args):
                if args.match is None or re.search(args.match, label(*c))]
     title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}"
              f"{f', sglang {sgl.VERSION}' if sgl else ''}, {time.strftime('%Y-%m-%d')}"
-             f"{', NSA_METADATA_PDL=0' if os.environ.get('NSA_METADATA_PDL') == '0' else ''}")
+             f", launches {'' if _core.overlaps_previous_kernel(torch.cuda.current_device()) else 'do not '}"
+             "overlap the previous kernel")
     warm_up_gpu()
     empty = None if args.gpu_only else empty_launch_host_us()
 
@@ -549,6 +548,7 @@ def main(args):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"title": title, "device": torch.cuda.get_device_name(),
+                           "overlap": _core.overlaps_previous_kernel(torch.cuda.current_device()),
                            "empty_launch_host_us": empty, "calls_per_graph": K, "rows": rows}, f,
                           indent=1)
 

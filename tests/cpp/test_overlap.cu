@@ -1,9 +1,12 @@
-// ctest: a launch that overlaps the previous kernel (programmatic dependent launch, sm_90+) still
-// sees that kernel's writes. The previous kernel here lets dependents start at once
-// (griddepcontrol.launch_dependents), waits about 50 us, then writes seq_lens and
-// req_pool_indices: a kernel of ours that read them before waiting for it would see the old
-// values. Small and general kernel, with and without the schedule. Exits 77 without a GPU.
+// ctest: a launch that overlaps the previous kernel of the stream (programmatic dependent launch,
+// sm_90+) keeps stream order in both directions. The previous kernel here lets its dependents
+// start at once (griddepcontrol.launch_dependents), spins for about 50 us, then reads our
+// outputs (the engine's attention kernel still reading last step's page table) and writes our
+// inputs. A kernel of ours that loaded before waiting for it would read the old inputs; one that
+// stored before waiting would show the reader our new outputs. Small and general kernel, with and
+// without the schedule, eager and as a CUDA graph. Exits 77 without a GPU or below sm_90.
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "check_cuda.h"
@@ -13,23 +16,31 @@ namespace {
 
 constexpr int kWidth = 256;  // table width and max_len
 constexpr int kPool = 4;     // pool rows
+constexpr int kRounds = 20;
 
-__global__ void late_writer(int32_t* seq_lens, int64_t* req_pool_indices, int bs) {
+// Releases dependents, spins, then copies cache_seqlens and page_table_1 to `seen` and stores
+// the new inputs (lengths 200 + i, pool row 3).
+__global__ void late_io(const int32_t* cache, const int32_t* pt1, int32_t* seen, int32_t* seq_lens,
+                        int64_t* req_pool_indices, int bs) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
   const long long t0 = clock64();
   while (clock64() - t0 < 100000) {
   }
+  asm volatile("" ::: "memory");
+  for (int k = threadIdx.x; k < bs * (kWidth + 1); k += blockDim.x) seen[k] = k < bs ? cache[k] : pt1[k - bs];
+  __syncthreads();
   for (int i = threadIdx.x; i < bs; i += blockDim.x) seq_lens[i] = 200 + i, req_pool_indices[i] = 3;
 }
 
-// One stream, many rounds: old inputs (lengths 1, pool row 0) stored synchronously, then the late
-// writer and our launch back to back. Returns the number of wrong elements.
-int run(int bs, bool schedule, cudaStream_t st) {
+// Rounds of: old inputs (lengths 1, pool row 0) and poisoned outputs stored synchronously, then
+// late_io and our launch back to back on one stream (or as a graph of the two). Returns the
+// number of wrong elements.
+int run(int bs, bool schedule, bool graph, cudaStream_t st) {
   std::vector<int32_t> table(kPool * kWidth);
   for (size_t k = 0; k < table.size(); ++k) table[k] = static_cast<int32_t>(k * 7 + 1);
-  int32_t *d_table, *lens, *cache, *cu, *nsa, *nsa_cu, *pt1, *meta, *splits;
+  int32_t *d_table, *lens, *cache, *cu, *nsa, *nsa_cu, *pt1, *meta, *splits, *seen;
   int64_t* pool;
   CHECK_CUDA(cudaMalloc(&d_table, table.size() * 4));
   CHECK_CUDA(cudaMemcpy(d_table, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
@@ -38,6 +49,7 @@ int run(int bs, bool schedule, cudaStream_t st) {
   for (int32_t** p : {&cache, &nsa}) CHECK_CUDA(cudaMalloc(p, bs * 4));
   for (int32_t** p : {&cu, &nsa_cu, &splits}) CHECK_CUDA(cudaMalloc(p, (bs + 1) * 4));
   CHECK_CUDA(cudaMalloc(&pt1, size_t{4} * bs * kWidth));
+  CHECK_CUDA(cudaMalloc(&seen, size_t{4} * bs * (kWidth + 1)));
   CHECK_CUDA(cudaMalloc(&meta, 8 * 66 * 4));
   nsa::Inputs in;
   in.seq_lens = {lens, 1, false};
@@ -51,31 +63,53 @@ int run(int bs, bool schedule, cudaStream_t st) {
   nsa::Params p;
   p.mode = nsa::Mode::decode, p.max_len = kWidth, p.topk = 64, p.page_size = 64, p.live = true;
   if (schedule) p.num_sm_parts = 66, D.tile_scheduler_metadata = meta, D.num_splits = splits;
-  int wrong = 0;
-  std::vector<int32_t> old_lens(bs, 1), got_cache(bs), got_pt1(size_t{1} * bs * kWidth);
-  std::vector<int64_t> old_pool(bs, 0);
-  for (int round = 0; round < 20; ++round) {
-    CHECK_CUDA(cudaMemcpy(lens, old_lens.data(), bs * 4, cudaMemcpyHostToDevice));
-    CHECK_CUDA(cudaMemcpy(pool, old_pool.data(), bs * 8, cudaMemcpyHostToDevice));
-    CHECK_CUDA(cudaMemset(pt1, 0xff, size_t{4} * bs * kWidth));
-    CHECK_CUDA(cudaDeviceSynchronize());
-    late_writer<<<1, 128, 0, st>>>(lens, pool, bs);
+  const auto enqueue = [&] {
+    late_io<<<1, 256, 0, st>>>(cache, pt1, seen, lens, pool, bs);
     CHECK_CUDA(cudaGetLastError());
     cudaError_t err = cudaSuccess;
     if (nsa::launch(in, out, p, 0, st, &err) != nsa::kOk) {
       std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(err));
       std::exit(1);
     }
+  };
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    cudaGraph_t g;
+    CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    enqueue();
+    CHECK_CUDA(cudaStreamEndCapture(st, &g));
+    CHECK_CUDA(cudaGraphInstantiate(&exec, g, 0));
+    CHECK_CUDA(cudaGraphDestroy(g));
+  }
+  int wrong = 0;
+  std::vector<int32_t> old_lens(bs, 1), got_cache(bs), got_pt1(size_t{1} * bs * kWidth),
+      got_seen(size_t{1} * bs * (kWidth + 1));
+  std::vector<int64_t> old_pool(bs, 0);
+  for (int round = 0; round < kRounds; ++round) {
+    CHECK_CUDA(cudaMemcpy(lens, old_lens.data(), bs * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(pool, old_pool.data(), bs * 8, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemset(cache, 0xff, bs * 4));
+    CHECK_CUDA(cudaMemset(pt1, 0xff, size_t{4} * bs * kWidth));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    if (graph) {
+      CHECK_CUDA(cudaGraphLaunch(exec, st));
+    } else {
+      enqueue();
+    }
     CHECK_CUDA(cudaStreamSynchronize(st));
     CHECK_CUDA(cudaMemcpy(got_cache.data(), cache, bs * 4, cudaMemcpyDeviceToHost));
     CHECK_CUDA(cudaMemcpy(got_pt1.data(), pt1, got_pt1.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(got_seen.data(), seen, got_seen.size() * 4, cudaMemcpyDeviceToHost));
+    for (int32_t v : got_seen) wrong += v != -1;  // the reader saw only the poison
     for (int i = 0; i < bs; ++i) {
-      wrong += got_cache[i] != 200 + i;
-      for (int c = 0; c < 200 + i && c < kWidth; ++c) wrong += got_pt1[size_t{1} * i * kWidth + c] != table[3 * kWidth + c];
+      wrong += got_cache[i] != 200 + i;  // our kernel saw only the new inputs
+      for (int c = 0; c < 200 + i && c < kWidth; ++c)
+        wrong += got_pt1[size_t{1} * i * kWidth + c] != table[3 * kWidth + c];
     }
   }
+  if (exec != nullptr) CHECK_CUDA(cudaGraphExecDestroy(exec));
   for (void* ptr : {(void*)d_table, (void*)lens, (void*)pool, (void*)cache, (void*)nsa, (void*)cu, (void*)nsa_cu,
-                    (void*)splits, (void*)pt1, (void*)meta})
+                    (void*)splits, (void*)pt1, (void*)seen, (void*)meta})
     CHECK_CUDA(cudaFree(ptr));
   return wrong;
 }
@@ -83,19 +117,34 @@ int run(int bs, bool schedule, cudaStream_t st) {
 }  // namespace
 
 int main() {
-  int n = 0;
+  int n = 0, major = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("no GPU: skipped\n");
     return 77;
   }
+  CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major < 9) {
+    std::printf("below sm_90 (no overlapping launch): skipped\n");
+    return 77;
+  }
+  bool overlap = false;
+  cudaError_t err = cudaSuccess;
+  if (nsa::overlaps_previous_kernel(0, &overlap, &err) != nsa::kOk) {
+    std::fprintf(stderr, "overlaps_previous_kernel: %s\n", cudaGetErrorString(err));
+    return 1;
+  }
+  std::printf("launches overlap the previous kernel: %s\n", overlap ? "yes" : "no (stream order alone)");
   cudaStream_t st;
   CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   int failures = 0;
   for (int bs : {1, 8, 100}) {  // the small kernel, then the general one (bs > 32)
     for (bool schedule : {false, true}) {
-      const int wrong = run(bs, schedule, st);
-      std::printf("bs %3d schedule %d: %d wrong elements over 20 rounds\n", bs, schedule, wrong);
-      failures += wrong != 0;
+      for (bool graph : {false, true}) {
+        const int wrong = run(bs, schedule, graph, st);
+        std::printf("bs %3d schedule %d graph %d: %d wrong elements over %d rounds\n", bs, schedule, graph, wrong,
+                    kRounds);
+        failures += wrong != 0;
+      }
     }
   }
   CHECK_CUDA(cudaStreamDestroy(st));
