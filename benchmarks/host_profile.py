@@ -1,31 +1,24 @@
 """Where the host time of one one-shot call goes (torch, outputs given, bs and max_len changing
-every call): each step of _api._call timed alone, then cProfile of the whole call."""
+every call): each step of _api._call timed alone (back to back, at most two calls on the GPU),
+then cProfile of the whole call."""
 
 import cProfile
 import pstats
 import statistics
-import time
 
 import torch
 
 import nsa_metadata as nm
 from nsa_metadata import _arrays, _core, _plans
+from nsa_metadata.bench import _host_block
 
 CAP, CTX, N = 64, 4096, 3000
 
 
 def per_call_us(fn):
-    for k in range(200):
-        fn(k)
-    torch.cuda.synchronize()
-    t = []
-    for r in range(5):
-        t0 = time.perf_counter()
-        for k in range(N):
-            fn(k)
-        t.append((time.perf_counter() - t0) / N * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(t)
+    """Median host us of one call, at most two calls on the GPU (bench._host_block): otherwise a
+    call whose kernel outlasts its launch fills the launch queue and the time reads the GPU's pace."""
+    return statistics.median(_host_block(fn, range(N), in_flight=2, warm=200)) * 1e6
 
 
 def setup(mode):
