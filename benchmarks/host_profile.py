@@ -1,5 +1,5 @@
 """Where the host time of one one-shot call goes (torch, outputs given, bs and max_len changing
-every call): each step of _api._call timed alone (back to back, at most two calls on the GPU),
+every call): each step of _api._call timed on its own, one call at a time (at most two on the GPU),
 then cProfile of the whole call."""
 
 import cProfile
