@@ -181,13 +181,15 @@ int main() {
       });
     };
     const float f2 = fan(fan_out<false, 2>), p2 = fan(fan_out<true, 2>), p4 = fan(fan_out<true, 4>);
-    // every variant must write what fan_out<true, 2> writes (dst poisoned before each check)
+    // every variant must write what the plain kernel (fan_out<true, 4>, timed last) wrote, into a
+    // destination poisoned (0xff bytes) before it runs, so a variant that writes nothing fails
     std::vector<int> want(dst_bytes / 4), got(dst_bytes / 4);
     CHECK_CUDA(cudaMemcpy(want.data(), dst, dst_bytes, cudaMemcpyDeviceToHost));
     const auto same_as_fan_out = [&] {
       CHECK_CUDA(cudaMemcpy(got.data(), dst, dst_bytes, cudaMemcpyDeviceToHost));
       return got == want;
     };
+    CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
     const float pipe = fan(fan_out_pipelined);
     if (!same_as_fan_out()) std::printf("pipelined kernel wrong!\n");
     auto bulk = [&](auto kernel, int smem) {
@@ -195,7 +197,7 @@ int main() {
       int per_sm = 0;
       CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32, smem));
       const int grid = std::min(c.rows, sms * per_sm);
-      CHECK_CUDA(cudaMemset(dst, 0, dst_bytes));
+      CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
       kernel<<<grid, 32, smem>>>(static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4,
                                  c.copies);
       CHECK_CUDA(cudaGetLastError());

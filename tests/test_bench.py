@@ -4,6 +4,7 @@ its empty launch are timed round-robin, and `x launch` divides by the row's own 
 (issue 13: the host's speed drifts between rows)."""
 
 import collections
+import contextlib
 import itertools
 import sys
 import time
@@ -187,3 +188,42 @@ def test_schedule_cost_pairs_rows_of_one_run():
     (key, without, with_, more), = bench.schedule_cost(rows)
     assert (key, without, with_) == ("decode 64x32768 live,schedule", 7.6, 7.8)
     assert abs(more - 0.2) < 1e-9
+
+
+def test_each_timed_replay_follows_the_sleeping_kernel(monkeypatch):
+    # the start event must wait behind the lead kernel, or it times the host's graph launch too
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.timing = enable_timing
+
+        def record(self, stream=None):
+            log.append("record" if self.timing else "untimed record")
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.0
+
+    class Graph:
+        def replay(self):
+            log.append("replay")
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def nothing(*args, **kwargs):
+        yield
+
+    cuda = types.SimpleNamespace(Stream=Stream, current_stream=Stream, stream=nothing, graph=nothing,
+                                 CUDAGraph=Graph, Event=Event, synchronize=lambda device=None: None,
+                                 _sleep=lambda cycles: log.append(("sleep", cycles)))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert bench.gpu_us(lambda k: None, replays=5) == pytest.approx(1e3 / bench.K)
+    timed = log[len(log) - 5 * 4:]  # the 5 timed replays, after the untimed warm-up replays
+    assert timed == [("sleep", bench.LEAD_CYCLES), "record", "replay", "record"] * 5, timed
+    assert ("sleep", bench.LEAD_CYCLES) not in log[:len(log) - 5 * 4]  # warm-up replays are not led

@@ -537,10 +537,10 @@ def main(args):
             return 2
     configs = [c for c in (QUICK if args.quick else FULL)
                if args.match is None or re.search(args.match, label(*c))]
+    overlap = _core.overlaps_previous_kernel(torch.cuda.current_device())  # (the launcher's choice)
     title = (f"nsa-metadata on {torch.cuda.get_device_name()}, torch {torch.__version__}"
              f"{f', sglang {sgl.VERSION}' if sgl else ''}, {time.strftime('%Y-%m-%d')}"
-             f", launches {'' if _core.overlaps_previous_kernel(torch.cuda.current_device()) else 'do not '}"
-             "overlap the previous kernel")
+             f", launches {'' if overlap else 'do not '}overlap the previous kernel")
     warm_up_gpu()
     empty = None if args.gpu_only else empty_launch_host_us()
 
@@ -548,7 +548,7 @@ def main(args):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"title": title, "device": torch.cuda.get_device_name(),
-                           "overlap": _core.overlaps_previous_kernel(torch.cuda.current_device()),
+                           "overlap": overlap,
                            "empty_launch_host_us": empty, "calls_per_graph": K, "rows": rows}, f,
                           indent=1)
 
