@@ -53,6 +53,27 @@ __global__ void __launch_bounds__(128) fan_out_pipelined(const int4* __restrict_
   }
 }
 
+// Destination-major: block step t writes chunk t of the destination (row o = t / chunks, 128 x
+// kUnroll int4s) from source row perm[o / copies], so consecutive blocks write consecutive memory
+// and the copies of a source chunk, read by blocks `chunks` steps apart, hit L2 after the first.
+template <int kUnroll>
+__global__ void __launch_bounds__(128) fan_out_by_dest(const int4* __restrict__ src, const int* __restrict__ perm,
+                                                       int4* __restrict__ dst, int rows, int width, int copies) {
+  const int chunks = (width + 128 * kUnroll - 1) / (128 * kUnroll);
+  const long long steps = static_cast<long long>(rows) * copies * chunks;
+  for (long long t = blockIdx.x; t < steps; t += gridDim.x) {
+    const int o = static_cast<int>(t / chunks), k = static_cast<int>(t % chunks) * 128 * kUnroll + threadIdx.x;
+    const int4* s = src + static_cast<long long>(perm[o / copies]) * width;
+    int4* d = dst + static_cast<long long>(o) * width;
+    int4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = k + 128 * u < width ? s[k + 128 * u] : int4{};
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (k + 128 * u < width) d[k + 128 * u] = v[u];
+  }
+}
+
 // The bulk-copy engine (TMA, sm_90): one thread per block moves tiles of kTile bytes from the
 // source row into shared memory (kStages in flight) and from there to each copy with bulk stores.
 __device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -151,8 +172,9 @@ int main() {
   CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   struct Case { int rows, cols, copies; };
   const Case cases[] = {{4096, 4096, 1}, {4096, 4096, 4}, {1024, 32768, 1}, {1024, 32768, 4}, {256, 32768, 4}};
-  std::printf("%-14s %6s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "rows x cols", "copies", "MB", "copy", "memset",
-              "fan u2", "perm u2", "perm u4", "pipe", "bulk4x8K", "bulk3x16K", "x copy");
+  std::printf("%-14s %6s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "rows x cols", "copies", "MB", "copy",
+              "memset", "fan u2", "perm u2", "perm u4", "u2 8/SM", "pipe", "dest u4", "dest 1/t", "bulk4x8K",
+              "bulk3x16K", "x copy");
   for (const Case& c : cases) {
     const size_t src_bytes = size_t{4} * c.rows * c.cols, dst_bytes = src_bytes * c.copies;
     const size_t total = src_bytes + dst_bytes;
@@ -172,8 +194,8 @@ int main() {
     CHECK_CUDA(cudaMemset(a, 1, total / 2));
     const float copy = time_us([&] { CHECK_CUDA(cudaMemcpyAsync(b, a, total / 2, cudaMemcpyDeviceToDevice)); });
     const float set = time_us([&] { CHECK_CUDA(cudaMemsetAsync(dst, 2, dst_bytes)); });
-    const int blocks = std::min(c.rows, sms * 16);
-    auto fan = [&](auto kernel) {
+    auto fan = [&](auto kernel, int blocks = 0) {
+      if (blocks == 0) blocks = std::min(c.rows, sms * 16);
       return time_us([&] {
         kernel<<<blocks, 128>>>(static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4,
                                 c.copies);
@@ -192,6 +214,16 @@ int main() {
     CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
     const float pipe = fan(fan_out_pipelined);
     if (!same_as_fan_out()) std::printf("pipelined kernel wrong!\n");
+    CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
+    const float eight = fan(fan_out<true, 2>, std::min(c.rows, sms * 8));  // our kernel's occupancy
+    if (!same_as_fan_out()) std::printf("8/SM kernel wrong!\n");
+    CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
+    const float dest4 = fan(fan_out_by_dest<4>, sms * 16);
+    if (!same_as_fan_out()) std::printf("destination-major kernel wrong!\n");
+    const long long dest_steps = static_cast<long long>(c.rows) * c.copies * ((c.cols / 4 + 511) / 512);
+    CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
+    const float dest1 = fan(fan_out_by_dest<4>, static_cast<int>(std::min(dest_steps, 1LL << 30)));
+    if (!same_as_fan_out()) std::printf("destination-major (a block per step) kernel wrong!\n");
     auto bulk = [&](auto kernel, int smem) {
       CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       int per_sm = 0;
@@ -210,9 +242,9 @@ int main() {
       });
     };
     const float b8 = bulk(fan_out_bulk<4, 8192>, 4 * 8192), b16 = bulk(fan_out_bulk<3, 16384>, 3 * 16384);
-    std::printf("%5d x %-7d %6d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.2f\n", c.rows, c.cols, c.copies,
-                total / 1e6, copy, set, f2, p2, p4, pipe, b8, b16,
-                std::min({f2, p2, p4, pipe, b8, b16}) / copy);
+    std::printf("%5d x %-7d %6d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.2f\n",
+                c.rows, c.cols, c.copies, total / 1e6, copy, set, f2, p2, p4, eight, pipe, dest4, dest1, b8, b16,
+                std::min({f2, p2, p4, eight, pipe, dest4, dest1, b8, b16}) / copy);
     for (void* p : {src, dst, a, b, static_cast<void*>(perm)}) CHECK_CUDA(cudaFree(p));
   }
   return 0;

@@ -10,8 +10,11 @@
 //   request's rows in every destination, taking the real table from the same loads. The launcher
 //   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
 //   costs few idle programs;
-// - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread,
-//   its walk (per-row lengths) by block (0, 0) after the 1-D outputs.
+// - or, for full-width tables (live=False) in decode and target_verify, block 1 + b is the row
+//   program b: 8 or 16 KB of one row (row_program), in the order of the output;
+// - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread
+//   (blocks (0, s >= 1) first, which have nothing else to do and compute their part before the
+//   wait for the previous kernel), its walk (per-row lengths) by block (0, 0) after the 1-D outputs.
 // Small batches run a kernel of their own (small.cuh), chosen by the launcher.
 // Latency is a chain of dependent instructions at small sizes, so indices are 32-bit (requests,
 // rows and columns are int32 by SPEC; pointer offsets stay 64-bit) and every loop that stores
@@ -29,6 +32,14 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;             // requests per thread per step of the 1-D outputs
 constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 16 bytes a thread
+// A row program's steps (kChunk columns each), all in flight together: 8 (16 KB) in target_verify
+// for tables of at least 16384 columns, else 4. (H100, full width: 16 KB took target_verify
+// 1024 x 32768 from 1.10x to 1.08x the copy floor but 4096 x 4096 from 1.12x to 1.20x, and decode
+// 1024 x 32768 from 0.85x to 0.86x.)
+constexpr int kRowSteps = 4, kWideRowSteps = 8;
+__host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
+  return mode == Mode::target_verify && max_len >= 16384 ? kWideRowSteps : kRowSteps;
+}
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
@@ -59,6 +70,7 @@ struct Args {
   int32_t rows;       // shape_of(...).rows
   int32_t per_group;  // requests of group g: [g * per_group, (g + 1) * per_group)
   int32_t splits;     // programs per group (gridDim.y), striding over the steps of its rows
+  int32_t row_chunks;  // > 0: row programs (row_program), this many per row; 0: page programs
   int ps_shift;       // log2(page_size) when it is a power of two, else -1
   sched::UniformPlan uniform;  // the schedule's closed form (ScheduleLengths::topk), from the host
   __device__ int dests() const { return kSlots == 1 ? 1 : n_dest; }  // (a constant for one slot)
@@ -302,19 +314,33 @@ __device__ inline int32_t spread_rank() {
 // entries (one per thread): a block without any never calls the out-of-line function, whose
 // first read of the plan would be a constant-cache miss at the end of a page program's chain.
 __device__ inline bool spread_has_work(int32_t parts, int32_t rows) {
-  return spread_rank() * kThreads < (parts > rows ? parts : rows + 1);
+  return int64_t{spread_rank()} * kThreads < (parts > rows ? parts : int64_t{rows} + 1);
 }
+
+// The threads schedule_uniform strides over: the grid's, at most 2^30 (row programs make grids of
+// up to 2^31 blocks; schedule_fits keeps rows + 1 far below 2^30, so the stride cannot wrap).
+__device__ inline int32_t spread_threads() {
+  const int64_t threads = int64_t{gridDim.x} * gridDim.y * kThreads;
+  return static_cast<int32_t>(threads < (int64_t{1} << 30) ? threads : int64_t{1} << 30);
+}
+
+// A kernel's wait, or none where the caller has waited already (sched::schedule_uniform's Wait).
+template <bool kWaited>
+struct WaitUnless {
+  __device__ void operator()() const {
+    if (!kWaited) wait_for_previous_kernel();
+  }
+};
 
 // FlashMLA's schedule with topk for every row: the host's closed form, no barrier, spread over
 // every thread of the grid so no block runs more than a few entries (num_splits has rows + 1).
 // Blocks without a page program come first and the metadata block last: at small batches those
 // two are what the launch waits for. (Out of line, as schedule_block; the plan comes by value,
 // as small.cuh's small_schedule says why.)
-template <int kSlots>
+template <bool kWaited, int kSlots>
 __device__ __noinline__ void schedule_spread(const sched::UniformPlan u, const Args<kSlots>& a) {
-  const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
   sched::schedule_uniform(u, ScheduleSink<kSlots>{a}, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x),
-                          threads);
+                          spread_threads(), WaitUnless<kWaited>{});
 }
 
 // ------------------------------------------------------------------ page programs
@@ -518,14 +544,65 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   }
 }
 
+// Row program b: columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk) of row o (b = o *
+// row_chunks + j), every destination. The launcher runs these for full-width tables (live=False)
+// in decode and target_verify when every page_table_1 row starts on 16 bytes: consecutive blocks
+// write consecutive memory, and the rows of one request, read from one source row, hit L2 after
+// the first. (An H100 wrote such tables 4-6% faster this way than with programs that write every
+// row of their request: benchmarks/write_floor.cu.)
+template <Mode M, int kTables, int kSteps, int kSlots>
+__device__ void row_program(const Args<kSlots>& a, int32_t b) {
+  const int tid = threadIdx.x;
+  const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
+  const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
+  const int32_t* src = (q >= 0 && q < a.in.pool_rows) ? a.in.req_to_token + q * a.in.row_stride : nullptr;
+  const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
+  const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
+  const int32_t tail = 4 * nvec + tid;  // the last n_cols % 4 columns: threads 0-2 of the last chunk
+  const bool has_tail = j == a.row_chunks - 1 && tail < n_cols;
+  const int32_t tail_v = has_tail && src != nullptr ? __ldg(src + tail) : -1;
+  const int4* vsrc = reinterpret_cast<const int4*>(src);
+  int4 v[kSteps];
+#pragma unroll
+  for (int u = 0; u < kSteps; ++u) {
+    const int32_t k = k0 + u * kThreads;
+    v[u] = k < nvec && src != nullptr ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
+  }
+  const Rows<M> rows{o, 1};
+#pragma unroll 1
+  for (int u = 0; u < kSteps; ++u, rotate(v)) {
+    const int32_t k = k0 + u * kThreads;
+    if (k < nvec) store<kTables>(a, rows, 4 * k, v[0]);
+  }
+  if (has_tail) store<kTables>(a, rows, tail, tail_v);
+}
+
 template <Mode M, int kTables, int kSlots>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   // (uniform branches on parameters: the path without the schedule is unchanged)
   constexpr bool kScheduled = M != Mode::draft_extend;
+  const auto spread = [&] {  // (asked twice, not held in a register across the page program)
+    return kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk &&
+           spread_has_work(a.p.num_sm_parts, a.rows);
+  };
+  if (blockIdx.x == 0 && blockIdx.y > 0) {  // no page program, no 1-D outputs: the schedule's alone,
+    if (spread()) schedule_spread<false>(a.uniform, a);  // its arithmetic before the wait
+    return;
+  }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {
-    page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
-  } else if (blockIdx.y == 0) {
+    if constexpr (M != Mode::draft_extend && (kTables & kPageTable1) != 0) {
+      if (a.row_chunks > 0 && row_steps(M, a.p.max_len) == kWideRowSteps) {
+        row_program<M, kTables, kWideRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
+      } else if (a.row_chunks > 0) {
+        row_program<M, kTables, kRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
+      } else {
+        page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
+      }
+    } else {
+      page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
+    }
+  } else {
     if (a.p.status != nullptr) {
       meta_block<M, true>(a);
     } else {
@@ -535,9 +612,7 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
       if (a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::sparse) schedule_block(a);
     }
   }
-  if (kScheduled && a.p.num_sm_parts > 0 && a.p.schedule_lengths == ScheduleLengths::topk &&
-      spread_has_work(a.p.num_sm_parts, a.rows))
-    schedule_spread(a.uniform, a);
+  if (spread()) schedule_spread<true>(a.uniform, a);
 }
 
 }  // namespace nsa

@@ -12,6 +12,10 @@
 namespace nsa {
 namespace {
 
+#ifndef NSA_ROW_PROGRAMS
+#define NSA_ROW_PROGRAMS 1  // 0: never row programs (benchmarks/variants.sh compares the two)
+#endif
+
 #ifndef NSA_PROGRAMS_PER_SM
 #define NSA_PROGRAMS_PER_SM 16  // two waves of resident blocks (8 per SM): balances rows of unequal length
 #endif
@@ -77,6 +81,7 @@ cudaError_t launch_kernel(const void* kernel, dim3 grid, void* arg, bool overlap
 
 struct Grid {
   int64_t groups = 0, per_group = 1, splits = 1;
+  int64_t row_chunks = 0;  // > 0: groups row programs, row_chunks per row (kernels.cuh's row_program)
   dim3 dims() const { return dim3(static_cast<unsigned>(1 + groups), static_cast<unsigned>(splits)); }
 };
 
@@ -111,6 +116,7 @@ cudaError_t launch_instance(const Inputs& in, const Outputs& out, const Params& 
   a.rows = static_cast<int32_t>(shape.rows);
   a.per_group = static_cast<int32_t>(grid.per_group);
   a.splits = static_cast<int32_t>(grid.splits);
+  a.row_chunks = static_cast<int32_t>(grid.row_chunks);
   a.ps_shift = log2_exact(p.page_size);
   if (p.num_sm_parts > 0 && p.schedule_lengths == ScheduleLengths::topk)  // (host: 1 to 148 steps)
     a.uniform = sched::uniform_plan(p.topk, a.rows, p.num_sm_parts);
@@ -297,8 +303,15 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const cudaError_t err = device_facts(device, &dev);
     if (err != cudaSuccess) return err;
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
-    const Grid grid = plan_grid(in.bs, steps, int64_t{dev.sms} * NSA_PROGRAMS_PER_SM);
+    Grid grid = plan_grid(in.bs, steps, int64_t{dev.sms} * NSA_PROGRAMS_PER_SM);
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
+    // full-width tables in decode and target_verify: a program per 8 or 16 KB of a row, in the
+    // order of the output (kernels.cuh's row_program), up to 2^31 - 2 of them
+    const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
+    const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
+    if (NSA_ROW_PROGRAMS && !small && !p.live && p.mode != Mode::draft_extend && (tables & kPageTable1) != 0 &&
+        shape.rows > 0 && row_chunks > 0 && shape.rows <= (kInt32Max - 1) / row_chunks && rows_aligned(in, out))
+      grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);
     return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, dev.overlap, stream);

@@ -165,17 +165,27 @@ __host__ __device__ inline int32_t uniform_num_splits(const UniformPlan& u, int3
 }
 
 // Every row and num_splits entry, threads thread, thread + nthreads, ... of the caller's (any
-// threads of any blocks: no barrier, no shared memory).
-template <class Sink>
+// threads of any blocks: no barrier, no shared memory). The values depend on the plan alone, so a
+// thread's first row and entry are computed before `wait()` and stored after it: a kernel that may
+// start while the previous kernel of its stream still runs (kernels.cuh's
+// wait_for_previous_kernel) passes its wait, and the arithmetic leaves the launch's chain.
+struct NoWait {
+  __device__ void operator()() const {}
+};
+template <class Sink, class Wait = NoWait>
 __device__ void schedule_uniform(const UniformPlan& u, const Sink& sink, int32_t thread,
-                                 int32_t nthreads) {
+                                 int32_t nthreads, Wait wait = {}) {
+  int32_t row[kWidth];
+  if (thread < u.parts) uniform_row(u, thread, row);
+  const int32_t splits = thread <= u.bs ? uniform_num_splits(u, thread) : 0;
+  wait();
   for (int32_t p = thread; p < u.parts; p += nthreads) {
-    int32_t row[kWidth];
-    uniform_row(u, p, row);
+    if (p != thread) uniform_row(u, p, row);
 #pragma unroll
     for (int f = 0; f < kWidth; ++f) sink.meta(p, f, row[f]);
   }
-  for (int32_t k = thread; k <= u.bs; k += nthreads) sink.num_splits(k, uniform_num_splits(u, k));
+  if (thread <= u.bs) sink.num_splits(thread, splits);
+  for (int32_t k = thread + nthreads; k <= u.bs; k += nthreads) sink.num_splits(k, uniform_num_splits(u, k));
 }
 
 // ------------------------------------------------------------------ any lengths: the walk

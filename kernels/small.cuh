@@ -240,23 +240,29 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 // call without the schedule reads none of its fields; the plan and the pointers come by value:
 // through a reference the callee read the kernel's parameters with generic loads (17 of them,
 // partly dependent), +0.74 us at decode 1 x 4096 on an H100 (benchmarks/probe.cu).
-template <class Plan>  // (sched::UniformPlan; a template, so several translation units may include this header)
+// (Plan: sched::UniformPlan; a template, so several translation units may include this header.)
+template <bool kWaited, class Plan>
 __device__ __noinline__ void small_schedule(const Plan u, const sched::PtrSink sink) {
-  const int32_t threads = static_cast<int32_t>(gridDim.x * gridDim.y) * kThreads;
-  sched::schedule_uniform(u, sink, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x), threads);
+  sched::schedule_uniform(u, sink, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x), spread_threads(),
+                          WaitUnless<kWaited>{});
 }
 
 // kIndex: IndexBits of the index arrays' dtypes.
 template <Mode M, int kTables, int kIndex>
 __global__ void __launch_bounds__(kThreads) small_kernel(const __grid_constant__ SmallArgs a) {
+  const bool spread = M != Mode::draft_extend && a.num_sm_parts > 0 && spread_has_work(a.num_sm_parts, a.rows);
+  const sched::PtrSink sink{a.tile_scheduler_metadata, a.num_splits};
+  if (blockIdx.x == 0 && blockIdx.y > 0) {  // the schedule's alone: its arithmetic before the wait
+    if (spread) small_schedule<false>(a.uniform, sink);
+    return;
+  }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {
     small_program<M, kTables, kIndex>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
-  } else if (blockIdx.y == 0) {
+  } else {
     small_meta<M, kIndex>(a);
   }
-  if (M != Mode::draft_extend && a.num_sm_parts > 0 && spread_has_work(a.num_sm_parts, a.rows))
-    small_schedule(a.uniform, sched::PtrSink{a.tile_scheduler_metadata, a.num_splits});
+  if (spread) small_schedule<true>(a.uniform, sink);
 }
 
 }  // namespace nsa

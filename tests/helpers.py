@@ -63,7 +63,9 @@ def rows_of(mode, inp):
 def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_page_table"),
                  strided=True, schedule=None):
     """A NumPy Metadata whose arrays are views into larger poisoned buffers (returns md, bases);
-    with a schedule, its two outputs too (the metadata in contiguous rows of 8)."""
+    with a schedule, its two outputs too (the metadata in contiguous rows of 8). strided="rows16":
+    contiguous 1-D outputs and table rows 16-byte apart (each table's first `w` columns of a
+    poisoned buffer whose width is a multiple of 4), whatever the width."""
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
     width = -(-max_len // page_size)
     bases, md = {}, nm.Metadata()
@@ -73,10 +75,13 @@ def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_pa
         one_d["seqlens_expanded"] = rows
     for f, n in one_d.items():
         bases[f] = np.full(n + 5, POISON, np.int32)
-        setattr(md, f, bases[f][2:2 + n] if strided else bases[f][:n])
+        setattr(md, f, bases[f][2:2 + n] if strided is True else bases[f][:n])
     for f, w in (("page_table_1", max_len), ("real_page_table", width)):
         if f in tables:
-            if strided:
+            if strided == "rows16":
+                bases[f] = np.full((rows, w + (-w) % 4 + 4), POISON, np.int32)
+                setattr(md, f, bases[f][:, :w])
+            elif strided:
                 bases[f] = np.full((2 * rows + 1, w + 7), POISON, np.int32)
                 setattr(md, f, bases[f][1::2, 3:3 + w])
             else:
@@ -87,7 +92,8 @@ def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_pa
         bases["tile_scheduler_metadata"] = np.full((parts + 3, 8), POISON, np.int32)
         md.tile_scheduler_metadata = bases["tile_scheduler_metadata"][1:1 + parts]
         bases["num_splits"] = np.full(rows + 6, POISON, np.int32)
-        md.num_splits = bases["num_splits"][2:3 + rows] if strided else bases["num_splits"][:rows + 1]
+        md.num_splits = (bases["num_splits"][2:3 + rows] if strided is True
+                         else bases["num_splits"][:rows + 1])
     return md, bases
 
 

@@ -90,6 +90,20 @@ def test_huge_width(lib):
     check_device_matches_reference(lib, "decode", inp, max_len=W - 1, page_size=64)
 
 
+@pytest.mark.parametrize("mode", ["decode", "target_verify"])
+def test_row_programs(lib, mode):
+    """Full-width tables (live=False) of more than 32 requests with every row on 16 bytes: the
+    row programs (kernels.cuh's row_program), at the 2048-column chunk edges, with 1-3 tail
+    columns, a bad pool index, several destinations and the schedule."""
+    rng = np.random.default_rng(99)
+    for bs, max_len in [(33, 1), (33, 2047), (40, 2048), (34, 2049), (100, 6147), (1025, 70)]:
+        W = max_len + (-max_len) % 4 + 8
+        inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3)
+        for kw in (dict(ndest=3), dict(schedule=nm.Schedule(66)), dict(tables=("page_table_1",))):
+            check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=64,
+                                           strided="rows16", **kw)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_sixteen_destinations(lib, mode):
     rng = np.random.default_rng(16)

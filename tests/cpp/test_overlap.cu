@@ -4,9 +4,11 @@
 // outputs (the engine's attention kernel still reading last step's page table) and writes our
 // inputs. A kernel of ours that loaded before waiting for it would read the old inputs; one that
 // stored before waiting would show the reader our new outputs. Small and general kernel, with and
-// without the schedule, eager and as a CUDA graph. Exits 77 without a GPU or below sm_90.
+// without the schedule, live and full width (the row programs), eager and as a CUDA graph. Exits
+// 77 without a GPU or below sm_90.
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "check_cuda.h"
@@ -37,7 +39,7 @@ __global__ void late_io(const int32_t* cache, const int32_t* pt1, int32_t* seen,
 // Rounds of: old inputs (lengths 1, pool row 0) and poisoned outputs stored synchronously, then
 // late_io and our launch back to back on one stream (or as a graph of the two). Returns the
 // number of wrong elements.
-int run(int bs, bool schedule, bool graph, cudaStream_t st) {
+int run(int bs, bool live, bool schedule, bool graph, cudaStream_t st) {
   std::vector<int32_t> table(kPool * kWidth);
   for (size_t k = 0; k < table.size(); ++k) table[k] = static_cast<int32_t>(k * 7 + 1);
   int32_t *d_table, *lens, *cache, *cu, *nsa, *nsa_cu, *pt1, *meta, *splits, *seen;
@@ -61,7 +63,7 @@ int run(int bs, bool schedule, bool graph, cudaStream_t st) {
   D.cache_seqlens = cache, D.cu_seqlens_k = cu, D.nsa_cache_seqlens = nsa, D.nsa_cu_seqlens_k = nsa_cu;
   D.page_table_1 = pt1, D.page_table_1_stride = kWidth;
   nsa::Params p;
-  p.mode = nsa::Mode::decode, p.max_len = kWidth, p.topk = 64, p.page_size = 64, p.live = true;
+  p.mode = nsa::Mode::decode, p.max_len = kWidth, p.topk = 64, p.page_size = 64, p.live = live;
   if (schedule) p.num_sm_parts = 66, D.tile_scheduler_metadata = meta, D.num_splits = splits;
   const auto enqueue = [&] {
     late_io<<<1, 256, 0, st>>>(cache, pt1, seen, lens, pool, bs);
@@ -103,7 +105,7 @@ int run(int bs, bool schedule, bool graph, cudaStream_t st) {
     for (int32_t v : got_seen) wrong += v != -1;  // the reader saw only the poison
     for (int i = 0; i < bs; ++i) {
       wrong += got_cache[i] != 200 + i;  // our kernel saw only the new inputs
-      for (int c = 0; c < 200 + i && c < kWidth; ++c)
+      for (int c = 0; c < (live ? 200 + i : kWidth) && c < kWidth; ++c)
         wrong += got_pt1[size_t{1} * i * kWidth + c] != table[3 * kWidth + c];
     }
   }
@@ -137,12 +139,13 @@ int main() {
   cudaStream_t st;
   CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   int failures = 0;
-  for (int bs : {1, 8, 100}) {  // the small kernel, then the general one (bs > 32)
+  // the small kernel, the general one (bs > 32) and its row programs (full width)
+  for (auto [bs, live] : {std::pair{1, true}, {8, true}, {100, true}, {100, false}}) {
     for (bool schedule : {false, true}) {
       for (bool graph : {false, true}) {
-        const int wrong = run(bs, schedule, graph, st);
-        std::printf("bs %3d schedule %d graph %d: %d wrong elements over %d rounds\n", bs, schedule, graph, wrong,
-                    kRounds);
+        const int wrong = run(bs, live, schedule, graph, st);
+        std::printf("bs %3d live %d schedule %d graph %d: %d wrong elements over %d rounds\n", bs, live, schedule,
+                    graph, wrong, kRounds);
         failures += wrong != 0;
       }
     }
