@@ -10,7 +10,8 @@
 //   request's rows in every destination, taking the real table from the same loads. The launcher
 //   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
 //   costs few idle programs;
-// - or, for full-width tables (live=False) in decode and target_verify, block 1 + b is the row
+// - or, for full-width tables (live=False) of at least kRowMin columns in decode and
+//   target_verify, every page_table_1 and req_to_token row on 16 bytes, block 1 + b is the row
 //   program b: 8 or 16 KB of one row (row_program), in the order of the output;
 // - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread
 //   (blocks (0, s >= 1) first, which have nothing else to do and compute their part before the
@@ -37,6 +38,7 @@ constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 
 // 1024 x 32768 from 1.10x to 1.08x the copy floor but 4096 x 4096 from 1.12x to 1.20x, and decode
 // 1024 x 32768 from 0.85x to 0.86x.)
 constexpr int kRowSteps = 4, kWideRowSteps = 8;
+constexpr int64_t kRowMin = 4096;  // narrower tables keep the page programs (gains measured from 4096)
 __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
   return mode == Mode::target_verify && max_len >= 16384 ? kWideRowSteps : kRowSteps;
 }
@@ -47,10 +49,12 @@ constexpr int kUnroll = 2;            // program steps in flight per thread (H10
 #define NSA_MIN_BLOCKS 8  // resident blocks per SM the registers allow: <= 64 each, no spills
 #endif
 
-// A kernel's first step. The launcher may start this kernel while the previous kernel of the
-// stream is still finishing (programmatic dependent launch, sm_90 and newer): its blocks are then
-// resident early, and here they wait until that kernel has completed and its memory is visible,
-// before any load or store. Without that launch attribute this returns at once.
+// Before a block's first load or store. The launcher may start this kernel while the previous
+// kernel of the stream is still finishing (programmatic dependent launch, sm_90 and newer): its
+// blocks are then resident early, and here they wait until that kernel has completed and its
+// memory is visible. Without that launch attribute this returns at once. A block with no load or
+// store may return without it; block (0, 0) always waits, so this grid never completes before the
+// previous kernel (what a later kernel's own wait relies on).
 __device__ inline void wait_for_previous_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -275,7 +279,7 @@ struct ScheduleSink {
   __device__ void meta(int32_t part, int field, int32_t v) const {
     for (int d = 0; d < a.dests(); ++d)
       if (a.dest[d].tile_scheduler_metadata != nullptr)
-        a.dest[d].tile_scheduler_metadata[part * sched::kWidth + field] = v;
+        a.dest[d].tile_scheduler_metadata[int64_t{part} * sched::kWidth + field] = v;
   }
   __device__ void num_splits(int32_t k, int32_t v) const {
     for (int d = 0; d < a.dests(); ++d)
@@ -318,7 +322,7 @@ __device__ inline bool spread_has_work(int32_t parts, int32_t rows) {
 }
 
 // The threads schedule_uniform strides over: the grid's, at most 2^30 (row programs make grids of
-// up to 2^31 blocks; schedule_fits keeps rows + 1 far below 2^30, so the stride cannot wrap).
+// up to 2^31 - 1 blocks).
 __device__ inline int32_t spread_threads() {
   const int64_t threads = int64_t{gridDim.x} * gridDim.y * kThreads;
   return static_cast<int32_t>(threads < (int64_t{1} << 30) ? threads : int64_t{1} << 30);
@@ -481,8 +485,8 @@ __device__ void copy_request(const Args<kSlots>& a, const int32_t* src, Rows<M> 
     const int32_t tail = h + 4 * nvec;
     // threads 0-3 of split 0: the head columns, 4-7: the tail columns; loaded here, stored
     // last, so their load is in flight with the others instead of ahead of them
-    const int32_t edge = tid < 4 ? tid : tail + tid - 4;
-    const bool has_edge = s == 0 && tid < 8 && edge < (tid < 4 ? h : n_cols);
+    const bool has_edge = s == 0 && (tid < 4 ? tid < h : tid < 8 && tid - 4 < n_cols - tail);
+    const int32_t edge = has_edge ? (tid < 4 ? tid : tail + tid - 4) : 0;  // (no int32 wrap near INT32_MAX)
     const int32_t edge_v = has_edge && src != nullptr ? __ldg(src + edge) : -1;
     const int4* vsrc = src != nullptr ? reinterpret_cast<const int4*>(src + h) : nullptr;
     for (int32_t m = s; m * kThreads < nvec; m += round) {
@@ -545,8 +549,9 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
 }
 
 // Row program b: columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk) of row o (b = o *
-// row_chunks + j), every destination. The launcher runs these for full-width tables (live=False)
-// in decode and target_verify when every page_table_1 row starts on 16 bytes: consecutive blocks
+// row_chunks + j), every destination. The launcher runs these on the general kernel for
+// full-width tables (live=False) of at least kRowMin columns in decode and target_verify when
+// every page_table_1 and req_to_token row starts on 16 bytes: consecutive blocks
 // write consecutive memory, and the rows of one request, read from one source row, hit L2 after
 // the first. (An H100 wrote such tables 4-6% faster this way than with programs that write every
 // row of their request: benchmarks/write_floor.cu.)
@@ -558,8 +563,9 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int32_t* src = (q >= 0 && q < a.in.pool_rows) ? a.in.req_to_token + q * a.in.row_stride : nullptr;
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
-  const int32_t tail = 4 * nvec + tid;  // the last n_cols % 4 columns: threads 0-2 of the last chunk
-  const bool has_tail = j == a.row_chunks - 1 && tail < n_cols;
+  // the last n_cols % 4 columns: threads 0-2 of the last chunk (no int32 wrap near INT32_MAX)
+  const bool has_tail = j == a.row_chunks - 1 && tid < (n_cols & 3);
+  const int32_t tail = has_tail ? 4 * nvec + tid : 0;
   const int32_t tail_v = has_tail && src != nullptr ? __ldg(src + tail) : -1;
   const int4* vsrc = reinterpret_cast<const int4*>(src);
   int4 v[kSteps];
@@ -587,7 +593,7 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   };
   if (blockIdx.x == 0 && blockIdx.y > 0) {  // no page program, no 1-D outputs: the schedule's alone,
     if (spread()) schedule_spread<false>(a.uniform, a);  // its arithmetic before the wait
-    return;
+    return;  // (without work: no wait, no load or store)
   }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {

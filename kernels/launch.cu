@@ -310,7 +310,8 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
     const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
     if (NSA_ROW_PROGRAMS && !small && !p.live && p.mode != Mode::draft_extend && (tables & kPageTable1) != 0 &&
-        shape.rows > 0 && row_chunks > 0 && shape.rows <= (kInt32Max - 1) / row_chunks && rows_aligned(in, out))
+        p.max_len >= kRowMin && shape.rows > 0 && shape.rows <= (kInt32Max - 1) / row_chunks &&
+        rows_aligned(in, out))
       grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);

@@ -179,13 +179,16 @@ __device__ void schedule_uniform(const UniformPlan& u, const Sink& sink, int32_t
   if (thread < u.parts) uniform_row(u, thread, row);
   const int32_t splits = thread <= u.bs ? uniform_num_splits(u, thread) : 0;
   wait();
-  for (int32_t p = thread; p < u.parts; p += nthreads) {
-    if (p != thread) uniform_row(u, p, row);
+  // (64-bit steps: thread + nthreads may pass INT32_MAX when parts or bs come near it)
+  for (int64_t p = thread; p < u.parts; p += nthreads) {
+    if (p != thread) uniform_row(u, static_cast<int32_t>(p), row);
 #pragma unroll
-    for (int f = 0; f < kWidth; ++f) sink.meta(p, f, row[f]);
+    for (int f = 0; f < kWidth; ++f) sink.meta(static_cast<int32_t>(p), f, row[f]);
   }
-  if (thread <= u.bs) sink.num_splits(thread, splits);
-  for (int32_t k = thread + nthreads; k <= u.bs; k += nthreads) sink.num_splits(k, uniform_num_splits(u, k));
+  if (thread > u.bs) return;
+  sink.num_splits(thread, splits);
+  for (int64_t k = int64_t{thread} + nthreads; k <= u.bs; k += nthreads)
+    sink.num_splits(static_cast<int32_t>(k), uniform_num_splits(u, static_cast<int32_t>(k)));
 }
 
 // ------------------------------------------------------------------ any lengths: the walk

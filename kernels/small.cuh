@@ -207,9 +207,10 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
     return;
   }
   const int32_t nvec = n_cols >> 2;
-  // the last n_cols % 4 columns: threads 0-2 of split 0, loaded with the first round
-  const int32_t tail_col = 4 * nvec + tid;
-  const bool has_tail = s == 0 && tail_col < n_cols;
+  // the last n_cols % 4 columns: threads 0-2 of split 0, loaded with the first round (no int32
+  // wrap near INT32_MAX)
+  const bool has_tail = s == 0 && tid < (n_cols & 3);
+  const int32_t tail_col = has_tail ? 4 * nvec + tid : 0;
   const int32_t tail_v = has_tail && ok ? __ldg(src + tail_col) : -1;
   const int4* vsrc = reinterpret_cast<const int4*>(src);
   int4 v[kUnroll];

@@ -66,6 +66,7 @@ def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_pa
     with a schedule, its two outputs too (the metadata in contiguous rows of 8). strided="rows16":
     contiguous 1-D outputs and table rows 16-byte apart (each table's first `w` columns of a
     poisoned buffer whose width is a multiple of 4), whatever the width."""
+    strided = strided if strided == "rows16" else bool(strided)
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
     width = -(-max_len // page_size)
     bases, md = {}, nm.Metadata()

@@ -92,15 +92,17 @@ def test_huge_width(lib):
 
 @pytest.mark.parametrize("mode", ["decode", "target_verify"])
 def test_row_programs(lib, mode):
-    """Full-width tables (live=False) of more than 32 requests with every row on 16 bytes: the
-    row programs (kernels.cuh's row_program), at the 2048-column chunk edges, with 1-3 tail
-    columns, a bad pool index, several destinations and the schedule."""
+    """Full-width tables (live=False) of at least 4096 columns and more than 32 requests, every
+    row on 16 bytes: the row programs (kernels.cuh's row_program; 16 KB ones in target_verify
+    from 16384 columns), at chunk edges, with 1-3 tail columns, pages not a power of two, bad pool
+    indices, several destinations and the schedule; and 4095 columns (the page programs)."""
     rng = np.random.default_rng(99)
-    for bs, max_len in [(33, 1), (33, 2047), (40, 2048), (34, 2049), (100, 6147), (1025, 70)]:
+    for bs, max_len, page_size in [(33, 4095, 64), (33, 4096, 64), (34, 4099, 3), (40, 6147, 100),
+                                   (33, 8192, 1), (33, 16387, 64), (35, 20483, 100)]:
         W = max_len + (-max_len) % 4 + 8
         inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3)
         for kw in (dict(ndest=3), dict(schedule=nm.Schedule(66)), dict(tables=("page_table_1",))):
-            check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=64,
+            check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size,
                                            strided="rows16", **kw)
 
 

@@ -1,8 +1,8 @@
 // ctest: a launch that overlaps the previous kernel of the stream (programmatic dependent launch,
 // sm_90+) keeps stream order in both directions. The previous kernel here lets its dependents
 // start at once (griddepcontrol.launch_dependents), spins for about 50 us, then reads our
-// outputs (the engine's attention kernel still reading last step's page table) and writes our
-// inputs. A kernel of ours that loaded before waiting for it would read the old inputs; one that
+// outputs (the engine's attention kernel still reading last step's page table and schedule) and
+// writes our inputs. A kernel of ours that loaded before waiting for it would read the old inputs; one that
 // stored before waiting would show the reader our new outputs. Small and general kernel, with and
 // without the schedule, live and full width (the row programs), eager and as a CUDA graph. Exits
 // 77 without a GPU or below sm_90.
@@ -13,17 +13,27 @@
 
 #include "check_cuda.h"
 #include "launch.h"
+#include "schedule.cuh"
 
 namespace {
 
-constexpr int kWidth = 256;  // table width and max_len
-constexpr int kPool = 4;     // pool rows
+// Table width and max_len: 8 steps of 512 columns, so small batches have blocks (0, s >= 1), which
+// compute their part of the schedule before the wait, and full width takes the row programs.
+constexpr int kWidth = 4096;
+constexpr int kPool = 4;    // pool rows
+constexpr int kParts = 66;  // the schedule's parts
 constexpr int kRounds = 20;
 
-// Releases dependents, spins, then copies cache_seqlens and page_table_1 to `seen` and stores
-// the new inputs (lengths 200 + i, pool row 3).
-__global__ void late_io(const int32_t* cache, const int32_t* pt1, int32_t* seen, int32_t* seq_lens,
-                        int64_t* req_pool_indices, int bs) {
+// Our outputs as the previous kernel reads them: cache_seqlens, page_table_1,
+// tile_scheduler_metadata, num_splits.
+struct Outs {
+  const int32_t* p[4];
+  int n[4];
+};
+
+// Releases dependents, spins, then copies our outputs to `seen` and stores the new inputs
+// (lengths 200 + i, pool row 3).
+__global__ void late_io(Outs o, int32_t* seen, int32_t* seq_lens, int64_t* req_pool_indices, int bs) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -31,7 +41,9 @@ __global__ void late_io(const int32_t* cache, const int32_t* pt1, int32_t* seen,
   while (clock64() - t0 < 100000) {
   }
   asm volatile("" ::: "memory");
-  for (int k = threadIdx.x; k < bs * (kWidth + 1); k += blockDim.x) seen[k] = k < bs ? cache[k] : pt1[k - bs];
+  int base = 0;
+  for (int r = 0; r < 4; base += o.n[r], ++r)
+    for (int k = threadIdx.x; k < o.n[r]; k += blockDim.x) seen[base + k] = o.p[r][k];
   __syncthreads();
   for (int i = threadIdx.x; i < bs; i += blockDim.x) seq_lens[i] = 200 + i, req_pool_indices[i] = 3;
 }
@@ -51,8 +63,10 @@ int run(int bs, bool live, bool schedule, bool graph, cudaStream_t st) {
   for (int32_t** p : {&cache, &nsa}) CHECK_CUDA(cudaMalloc(p, bs * 4));
   for (int32_t** p : {&cu, &nsa_cu, &splits}) CHECK_CUDA(cudaMalloc(p, (bs + 1) * 4));
   CHECK_CUDA(cudaMalloc(&pt1, size_t{4} * bs * kWidth));
-  CHECK_CUDA(cudaMalloc(&seen, size_t{4} * bs * (kWidth + 1)));
-  CHECK_CUDA(cudaMalloc(&meta, 8 * 66 * 4));
+  CHECK_CUDA(cudaMalloc(&meta, kParts * 8 * 4));
+  const Outs outs{{cache, pt1, meta, splits}, {bs, bs * kWidth, kParts * 8, bs + 1}};
+  const int n_seen = outs.n[0] + outs.n[1] + outs.n[2] + outs.n[3];
+  CHECK_CUDA(cudaMalloc(&seen, size_t{4} * n_seen));
   nsa::Inputs in;
   in.seq_lens = {lens, 1, false};
   in.req_pool_indices = {pool, 1, true};
@@ -64,9 +78,9 @@ int run(int bs, bool live, bool schedule, bool graph, cudaStream_t st) {
   D.page_table_1 = pt1, D.page_table_1_stride = kWidth;
   nsa::Params p;
   p.mode = nsa::Mode::decode, p.max_len = kWidth, p.topk = 64, p.page_size = 64, p.live = live;
-  if (schedule) p.num_sm_parts = 66, D.tile_scheduler_metadata = meta, D.num_splits = splits;
+  if (schedule) p.num_sm_parts = kParts, D.tile_scheduler_metadata = meta, D.num_splits = splits;
   const auto enqueue = [&] {
-    late_io<<<1, 256, 0, st>>>(cache, pt1, seen, lens, pool, bs);
+    late_io<<<1, 256, 0, st>>>(outs, seen, lens, pool, bs);
     CHECK_CUDA(cudaGetLastError());
     cudaError_t err = cudaSuccess;
     if (nsa::launch(in, out, p, 0, st, &err) != nsa::kOk) {
@@ -84,14 +98,21 @@ int run(int bs, bool live, bool schedule, bool graph, cudaStream_t st) {
     CHECK_CUDA(cudaGraphDestroy(g));
   }
   int wrong = 0;
-  std::vector<int32_t> old_lens(bs, 1), got_cache(bs), got_pt1(size_t{1} * bs * kWidth),
-      got_seen(size_t{1} * bs * (kWidth + 1));
+  std::vector<int32_t> old_lens(bs, 1), got_cache(bs), got_pt1(size_t{1} * bs * kWidth), got_seen(n_seen),
+      got_meta(kParts * 8), got_splits(bs + 1);
   std::vector<int64_t> old_pool(bs, 0);
+  // the schedule the launch must write: every row has topk = 64 tokens (the host's closed form)
+  const nsa::sched::UniformPlan u = nsa::sched::uniform_plan(64, bs, kParts);
+  std::vector<int32_t> want_meta(kParts * 8), want_splits(bs + 1);
+  for (int32_t part = 0; part < kParts; ++part) nsa::sched::uniform_row(u, part, &want_meta[part * 8]);
+  for (int32_t k = 0; k <= bs; ++k) want_splits[k] = nsa::sched::uniform_num_splits(u, k);
   for (int round = 0; round < kRounds; ++round) {
     CHECK_CUDA(cudaMemcpy(lens, old_lens.data(), bs * 4, cudaMemcpyHostToDevice));
     CHECK_CUDA(cudaMemcpy(pool, old_pool.data(), bs * 8, cudaMemcpyHostToDevice));
     CHECK_CUDA(cudaMemset(cache, 0xff, bs * 4));
     CHECK_CUDA(cudaMemset(pt1, 0xff, size_t{4} * bs * kWidth));
+    CHECK_CUDA(cudaMemset(meta, 0xff, kParts * 8 * 4));
+    CHECK_CUDA(cudaMemset(splits, 0xff, (bs + 1) * 4));
     CHECK_CUDA(cudaDeviceSynchronize());
     if (graph) {
       CHECK_CUDA(cudaGraphLaunch(exec, st));
@@ -107,6 +128,12 @@ int run(int bs, bool live, bool schedule, bool graph, cudaStream_t st) {
       wrong += got_cache[i] != 200 + i;  // our kernel saw only the new inputs
       for (int c = 0; c < (live ? 200 + i : kWidth) && c < kWidth; ++c)
         wrong += got_pt1[size_t{1} * i * kWidth + c] != table[3 * kWidth + c];
+    }
+    if (schedule) {  // written after the reader's copy, and right
+      CHECK_CUDA(cudaMemcpy(got_meta.data(), meta, got_meta.size() * 4, cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(got_splits.data(), splits, got_splits.size() * 4, cudaMemcpyDeviceToHost));
+      for (size_t k = 0; k < got_meta.size(); ++k) wrong += got_meta[k] != want_meta[k];
+      for (size_t k = 0; k < got_splits.size(); ++k) wrong += got_splits[k] != want_splits[k];
     }
   }
   if (exec != nullptr) CHECK_CUDA(cudaGraphExecDestroy(exec));
