@@ -551,10 +551,10 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
 // Row program b: columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk) of row o (b = o *
 // row_chunks + j), every destination. The launcher runs these on the general kernel for
 // full-width tables (live=False) of at least kRowMin columns in decode and target_verify when
-// every page_table_1 and req_to_token row starts on 16 bytes: consecutive blocks
-// write consecutive memory, and the rows of one request, read from one source row, hit L2 after
-// the first. (An H100 wrote such tables 4-6% faster this way than with programs that write every
-// row of their request: benchmarks/write_floor.cu.)
+// every page_table_1 and req_to_token row starts on 16 bytes: consecutive blocks write
+// consecutive memory, and the rows of one request, read from one source row, hit L2 after the
+// first. (An H100 wrote such tables 4-6% faster this way than with programs that write every row
+// of their request: benchmarks/write_floor.cu.)
 template <Mode M, int kTables, int kSteps, int kSlots>
 __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int tid = threadIdx.x;
