@@ -4,21 +4,20 @@ then cProfile of the whole call."""
 
 import cProfile
 import pstats
-import statistics
 
 import torch
 
 import nsa_metadata as nm
 from nsa_metadata import _arrays, _core, _plans
-from nsa_metadata.bench import _host_block
+from nsa_metadata.bench import host_us
 
 CAP, CTX, N = 64, 4096, 3000
 
 
 def per_call_us(fn):
-    """Median host us of one call, at most two calls on the GPU (bench._host_block): otherwise a
-    call whose kernel outlasts its launch fills the launch queue and the time reads the GPU's pace."""
-    return statistics.median(_host_block(fn, range(N), in_flight=2, warm=200)) * 1e6
+    """Median host us of one call, at most two calls on the GPU (bench.host_us): otherwise a call
+    whose kernel outlasts its launch fills the launch queue and the time reads the GPU's pace."""
+    return host_us(fn, calls=N, in_flight=2, warm=200)
 
 
 def setup(mode):

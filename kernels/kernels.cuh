@@ -315,8 +315,8 @@ __device__ inline int32_t spread_rank() {
 }
 
 // Whether this block holds any of the closed form's `parts` rows or `rows` + 1 num_splits
-// entries (one per thread): a block without any never calls the out-of-line function, whose
-// first read of the plan would be a constant-cache miss at the end of a page program's chain.
+// entries (one per thread): a block without any never calls the out-of-line function, so it
+// never reads the plan (a constant-cache miss at the end of a page program's chain).
 __device__ inline bool spread_has_work(int32_t parts, int32_t rows) {
   return int64_t{spread_rank()} * kThreads < (parts > rows ? parts : int64_t{rows} + 1);
 }
@@ -348,6 +348,11 @@ __device__ __noinline__ void schedule_spread(const sched::UniformPlan u, const A
 }
 
 // ------------------------------------------------------------------ page programs
+
+// Pool row q of req_to_token, or null where q is out of range (its columns then read as -1).
+__device__ inline const int32_t* source_row(const Inputs& in, int64_t q) {
+  return q >= 0 && q < in.pool_rows ? in.req_to_token + q * in.row_stride : nullptr;
+}
 
 // p[i0] = sum(max(extend_lens[:i0], 0)) (draft_extend), summed by the whole block.
 template <int kSlots>
@@ -542,7 +547,7 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
       next_row += n;
     }
     if (rows.count() <= 0) continue;
-    const int32_t* src = (q >= 0 && q < in.pool_rows) ? in.req_to_token + q * in.row_stride : nullptr;
+    const int32_t* src = source_row(in, q);
     const int32_t n_cols = static_cast<int32_t>(live_cols(p.live, cache_seqlen<M>(lens, p.next_n), p.max_len));
     copy_request<kTables>(a, src, rows, n_cols, s);
   }
@@ -560,7 +565,7 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int tid = threadIdx.x;
   const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
   const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
-  const int32_t* src = (q >= 0 && q < a.in.pool_rows) ? a.in.req_to_token + q * a.in.row_stride : nullptr;
+  const int32_t* src = source_row(a.in, q);
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
   // the last n_cols % 4 columns: threads 0-2 of the last chunk (no int32 wrap near INT32_MAX)

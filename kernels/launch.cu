@@ -307,12 +307,12 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
     // full-width tables in decode and target_verify: a program per 8 or 16 KB of a row, in the
     // order of the output (kernels.cuh's row_program), up to 2^31 - 2 of them
-    const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
-    const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
     if (NSA_ROW_PROGRAMS && !small && !p.live && p.mode != Mode::draft_extend && (tables & kPageTable1) != 0 &&
-        p.max_len >= kRowMin && shape.rows > 0 && shape.rows <= (kInt32Max - 1) / row_chunks &&
-        rows_aligned(in, out))
-      grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
+        p.max_len >= kRowMin && shape.rows > 0 && rows_aligned(in, out)) {
+      const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
+      const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
+      if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
+    }
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);
     return choose_kernel(p.mode, tables, out.n, small ? bits : -1)(in, out, p, shape, grid, dev.overlap, stream);

@@ -130,7 +130,8 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
 
 // Whether launch() on `device` overlaps the previous kernel of the stream: the device is sm_90
 // or newer, the kernels were built from sm_90 or newer PTX, and NSA_METADATA_PDL is not "0" in the
-// environment (read with the device's other facts, once per device). Returns kOk or kCudaError.
+// environment (read with the device's other facts, once per device below ordinal 64, at every call
+// past it). Returns kOk or kCudaError.
 int overlaps_previous_kernel(int device, bool* overlap, cudaError_t* cuda_error);
 
 // An empty kernel on `stream` of `device`: the floor of what a launch costs the host.

@@ -241,9 +241,8 @@ __device__ void small_program(const SmallArgs& a, int32_t i, int32_t s) {
 // call without the schedule reads none of its fields; the plan and the pointers come by value:
 // through a reference the callee read the kernel's parameters with generic loads (17 of them,
 // partly dependent), +0.74 us at decode 1 x 4096 on an H100 (benchmarks/probe.cu).
-// (Plan: sched::UniformPlan; a template, so several translation units may include this header.)
-template <bool kWaited, class Plan>
-__device__ __noinline__ void small_schedule(const Plan u, const sched::PtrSink sink) {
+template <bool kWaited>
+__device__ __noinline__ void small_schedule(const sched::UniformPlan u, const sched::PtrSink sink) {
   sched::schedule_uniform(u, sink, spread_rank() * kThreads + static_cast<int32_t>(threadIdx.x), spread_threads(),
                           WaitUnless<kWaited>{});
 }

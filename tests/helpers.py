@@ -63,9 +63,11 @@ def rows_of(mode, inp):
 def poisoned_out(mode, inp, max_len, page_size, tables=("page_table_1", "real_page_table"),
                  strided=True, schedule=None):
     """A NumPy Metadata whose arrays are views into larger poisoned buffers (returns md, bases);
-    with a schedule, its two outputs too (the metadata in contiguous rows of 8). strided="rows16":
-    contiguous 1-D outputs and table rows 16-byte apart (each table's first `w` columns of a
-    poisoned buffer whose width is a multiple of 4), whatever the width."""
+    with a schedule, its two outputs too (the metadata in contiguous rows of 8). `strided`: a true
+    value offsets every array inside its buffer (tables every other row, 3 columns in), a false
+    one makes them contiguous, and "rows16" makes the 1-D outputs contiguous and the table rows
+    16-byte apart (each table's first `w` columns of a poisoned buffer whose width is a multiple
+    of 4), whatever the width."""
     strided = strided if strided == "rows16" else bool(strided)
     bs, rows = inp["seq_lens"].shape[0], rows_of(mode, inp)
     width = -(-max_len // page_size)

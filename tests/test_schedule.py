@@ -2,7 +2,7 @@
 
 `reference.schedule` is FlashMLA's greedy fill written plainly; these tests hold it to
 hand-computed cases and to what FlashMLA's decode kernel needs of a schedule, and hold the other
-formulations in schedule.py (part starts one after the other, anchor by anchor as the device
+formulations in tests/schedule_forms.py (part starts one after the other, anchor by anchor as the device
 does, and the closed form for equal lengths) to it on random and edge batches.
 """
 

@@ -192,11 +192,12 @@ class Case:
         """The one-shot call with bs and max_len different on every call, as engines call it (the
         batch's longest KV length changes nearly every step): views of the first bs requests,
         made outside the timed call, into the same output buffers."""
-        d, md = self.sets[self.pick(s)]
+        i = self.pick(s)
+        d, md = self.sets[i]
         bs, max_len = self.bs - 1 + s % 2 if self.bs > 1 else s % 2, self.ctx - s % 64
-        views = self.views.get((self.pick(s), bs))
+        views = self.views.get((i, bs))
         if views is None:
-            views = self.views[(self.pick(s), bs)] = tuple(
+            views = self.views[(i, bs)] = tuple(
                 d[k][:bs] for k in ("seq_lens", "extend_lens", "req_pool_indices"))
         kw = dict(self.kw, max_len=max_len)
         if self.mode == "decode":
@@ -284,10 +285,16 @@ def _host_block(fn, ks, in_flight, warm):
     return times
 
 
-def host_us(fn, calls=300, in_flight=2):
-    """Median host microseconds of one eager call (20 warm-up calls, then `calls` timed calls
+def host_us(fn, calls=300, in_flight=2, warm=20):
+    """Median host microseconds of one eager call (`warm` warm-up calls, then `calls` timed calls
     with at most `in_flight` on the GPU: _host_block)."""
-    return statistics.median(_host_block(fn, range(calls), in_flight, warm=20)) * 1e6
+    return statistics.median(_host_block(fn, range(calls), in_flight, warm=warm)) * 1e6
+
+
+def row_empty_us(r, empty_us):
+    """A row's own empty launch, timed round-robin with its host columns; JSON from before those
+    has none, and the run's figure stands in."""
+    return r.get("empty_host_us") or empty_us
 
 
 def host_us_interleaved(fns, rounds=10, calls=30, in_flight=2, warm=20):
@@ -420,7 +427,7 @@ def table(rows, empty_us=None):
                 x(r["ours_gpu_us"], r.get("torch_gpu_us")), f(t),
                 "-" if t is None else ("yes" if r["ours_gpu_us"] <= t else "MISS")]
         if empty_us:
-            e = r.get("empty_host_us") or empty_us  # the row's own empty launch (older JSON: none)
+            e = row_empty_us(r, empty_us)
             line += [f(r.get("ours_host_us")), f(r.get("ours_varying_host_us")), f(r.get("prepared_host_us")),
                      f(r.get("sglang_host_us")), f(r.get("torch_host_us")), f(e),
                      " / ".join("-" if r.get(k) is None else f"{r[k] / e:.1f}"
@@ -466,7 +473,7 @@ def plot(rows, empty_us, path, title):
                      label=f"ours prepared, {mode}")
         axes[1].plot(x, [r["torch_host_us"] for r in rs], "x--", color=color, alpha=0.6,
                      label=f"torch ops, {mode}")
-        axes[1].plot(x, [r.get("empty_host_us") or empty_us for r in rs], ":", color=color,
+        axes[1].plot(x, [row_empty_us(r, empty_us) for r in rs], ":", color=color,
                      label=f"its row's empty launch, {mode}")  # (older JSON: the run's)
     for ax, what in zip(axes, ("GPU us per call, live=True (graph of 16, median)",
                                "host us per eager call (median)")):
