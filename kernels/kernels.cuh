@@ -45,6 +45,10 @@ __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
+#ifndef NSA_GROUPED_ROWS
+#define NSA_GROUPED_ROWS 0  // 1: decode and target_verify take grouped row programs too (A/B runs)
+#endif
+
 #ifndef NSA_MIN_BLOCKS
 #define NSA_MIN_BLOCKS 8  // resident blocks per SM the registers allow: <= 64 each, no spills
 #endif
@@ -358,15 +362,18 @@ __device__ inline const int32_t* source_row(const Inputs& in, int64_t q) {
 template <int kSlots>
 __device__ int64_t rows_before(const Args<kSlots>& a, int32_t i0) {
   __shared__ long long warp_sum[kWarps];
-  long long part[4] = {0, 0, 0, 0};  // independent loads in flight
-  for (int32_t k = threadIdx.x; k < i0; k += 4 * kThreads) {
+  constexpr int kInFlight = 8;  // independent loads per thread per round trip
+  long long part[kInFlight] = {};
+  for (int64_t k = threadIdx.x; k < i0; k += kInFlight * kThreads) {  // (64-bit: no wrap near INT32_MAX)
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int64_t kk = int64_t{k} + u * kThreads;
+    for (int u = 0; u < kInFlight; ++u) {
+      const int64_t kk = k + u * kThreads;
       if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
     }
   }
-  long long s = part[0] + part[1] + part[2] + part[3];
+  long long s = 0;
+#pragma unroll
+  for (int u = 0; u < kInFlight; ++u) s += part[u];
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(~0u, s, off);
   if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = s;
@@ -553,19 +560,16 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   }
 }
 
-// Row program b: columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk) of row o (b = o *
-// row_chunks + j), every destination. The launcher runs these on the general kernel for
-// full-width tables (live=False) of at least kRowMin columns in decode and target_verify when
-// every page_table_1 and req_to_token row starts on 16 bytes: consecutive blocks write
-// consecutive memory, and the rows of one request, read from one source row, hit L2 after the
-// first. (An H100 wrote such tables 4-6% faster this way than with programs that write every row
-// of their request: benchmarks/write_floor.cu.)
+// Chunk j of output row o (columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk)) from source
+// row src (null: -1), every destination. Row programs run these on the general kernel for
+// full-width tables (live=False) of at least kRowMin columns when every page_table_1 and
+// req_to_token row starts on 16 bytes: consecutive blocks write consecutive memory, and the rows
+// of one request, read from one source row, hit L2 after the first. (An H100 wrote such tables
+// 4-6% faster this way than with programs that write every row of their request at once:
+// benchmarks/write_floor.cu.)
 template <Mode M, int kTables, int kSteps, int kSlots>
-__device__ void row_program(const Args<kSlots>& a, int32_t b) {
+__device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, int32_t o, int32_t j) {
   const int tid = threadIdx.x;
-  const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
-  const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
-  const int32_t* src = source_row(a.in, q);
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
   // the last n_cols % 4 columns: threads 0-2 of the last chunk (no int32 wrap near INT32_MAX)
@@ -588,6 +592,37 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   if (has_tail) store<kTables>(a, rows, tail, tail_v);
 }
 
+// Row program b of decode and target_verify: chunk j of row o (b = o * row_chunks + j).
+template <Mode M, int kTables, int kSteps, int kSlots>
+__device__ void row_program(const Args<kSlots>& a, int32_t b) {
+  const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
+  const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
+  row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
+}
+
+// Grouped row program b: chunk j of every row of the requests of group g (b = g * row_chunks +
+// j), row after row, kRowSteps wide. draft_extend's programs are these: a row finds its request
+// only through the sum of extend_lens before it, so a program sums the rows before its group once
+// (O(bs) reads) and walks the group's requests from there; the launcher bounds the programs
+// (groups x row_chunks) by the size of the chip, which bounds those reads. (NSA_GROUPED_ROWS=1
+// runs decode and target_verify on them too, for benchmarks/variants.sh.)
+template <Mode M, int kTables, int kSlots>
+__device__ void grouped_row_program(const Args<kSlots>& a, int32_t b) {
+  const int32_t g = b / a.row_chunks, j = b - g * a.row_chunks;
+  const int32_t i0 = g * a.per_group;  // < bs
+  const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
+  int64_t r = M == Mode::draft_extend ? rows_before(a, i0) : M == Mode::decode ? i0 : int64_t{i0} * a.p.next_n;
+  for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
+    const int64_t q = load_index(a.in.req_pool_indices, i);
+    const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
+    const int32_t* src = source_row(a.in, q);
+    const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
+#pragma unroll 1
+    for (int32_t o = static_cast<int32_t>(r); o < end; ++o) row_chunk<M, kTables, kRowSteps>(a, src, o, j);
+    r += n;
+  }
+}
+
 template <Mode M, int kTables, int kSlots>
 __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(const __grid_constant__ Args<kSlots> a) {
   // (uniform branches on parameters: the path without the schedule is unchanged)
@@ -602,7 +637,13 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {
-    if constexpr (M != Mode::draft_extend && (kTables & kPageTable1) != 0) {
+    if constexpr ((M == Mode::draft_extend || NSA_GROUPED_ROWS) && (kTables & kPageTable1) != 0) {
+      if (a.row_chunks > 0) {
+        grouped_row_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
+      } else {
+        page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
+      }
+    } else if constexpr (M != Mode::draft_extend && (kTables & kPageTable1) != 0) {
       if (a.row_chunks > 0 && row_steps(M, a.p.max_len) == kWideRowSteps) {
         row_program<M, kTables, kWideRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else if (a.row_chunks > 0) {

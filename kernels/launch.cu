@@ -1,6 +1,7 @@
 // The launcher: the only file that knows the CUDA runtime. It validates the structs, says which
 // kernel instance runs for a call (choose_kernel) and how the call is cut into programs
 // (plan_grid), and launches it on the caller's stream without synchronising.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,10 @@ namespace {
 
 #ifndef NSA_ROW_PROGRAMS
 #define NSA_ROW_PROGRAMS 1  // 0: never row programs (benchmarks/variants.sh compares the two)
+#endif
+
+#ifndef NSA_EXTEND_PROGRAMS_PER_SM
+#define NSA_EXTEND_PROGRAMS_PER_SM 16  // draft_extend's row programs (each sums the rows before its group)
 #endif
 
 #ifndef NSA_PROGRAMS_PER_SM
@@ -305,13 +310,23 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     Grid grid = plan_grid(in.bs, steps, int64_t{dev.sms} * NSA_PROGRAMS_PER_SM);
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
-    // full-width tables in decode and target_verify: a program per 8 or 16 KB of a row, in the
-    // order of the output (kernels.cuh's row_program), up to 2^31 - 2 of them
-    if (NSA_ROW_PROGRAMS && !small && !p.live && p.mode != Mode::draft_extend && (tables & kPageTable1) != 0 &&
-        p.max_len >= kRowMin && shape.rows > 0 && rows_aligned(in, out)) {
-      const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
+    // full-width tables: row programs (kernels.cuh's row_chunk), a chunk of 8 or 16 KB of a row
+    // each, up to 2^31 - 2 of them: in decode and target_verify a program per chunk of every row,
+    // in draft_extend a program per chunk of a group's rows (grouped_row_program), about
+    // target programs in all
+    if (NSA_ROW_PROGRAMS && !small && !p.live && (tables & kPageTable1) != 0 && p.max_len >= kRowMin &&
+        shape.rows > 0 && rows_aligned(in, out)) {
+      const bool grouped = p.mode == Mode::draft_extend || NSA_GROUPED_ROWS;
+      const int64_t row_cols = int64_t{grouped ? kRowSteps : row_steps(p.mode, p.max_len)} * kChunk;
       const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
-      if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
+      if (!grouped) {
+        if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
+      } else {
+        const int64_t target = int64_t{dev.sms} * NSA_EXTEND_PROGRAMS_PER_SM;
+        const int64_t per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
+        const int64_t groups = (in.bs + per_group - 1) / per_group;
+        if (groups <= (kInt32Max - 1) / row_chunks) grid = Grid{groups * row_chunks, per_group, 1, row_chunks};
+      }
     }
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);

@@ -90,18 +90,29 @@ def test_huge_width(lib):
     check_device_matches_reference(lib, "decode", inp, max_len=W - 1, page_size=64)
 
 
-@pytest.mark.parametrize("mode", ["decode", "target_verify"])
+@pytest.mark.parametrize("mode", MODES)
 def test_row_programs(lib, mode):
     """Full-width tables (live=False) of at least 4096 columns and more than 32 requests, every
-    row on 16 bytes: the row programs (kernels.cuh's row_program; 16 KB ones in target_verify
-    from 16384 columns), at chunk edges, with 1-3 tail columns, pages not a power of two, bad pool
-    indices, several destinations and the schedule; and 4095 columns (the page programs)."""
+    row on 16 bytes: the row programs (kernels.cuh's row_chunk; 16 KB ones in target_verify from
+    16384 columns; in draft_extend one per chunk of a group's rows), at chunk edges, with 1-3 tail
+    columns, pages not a power of two, bad pool indices, several destinations and the schedule;
+    and 4095 columns (the page programs). draft_extend adds requests of no rows (0, negative,
+    -2**40) and batches whose groups hold 2 and 3 requests on a 132-SM H100 (bs x chunks past
+    16 programs per SM), the last group shorter."""
     rng = np.random.default_rng(99)
-    for bs, max_len, page_size in [(33, 4095, 64), (33, 4096, 64), (34, 4099, 3), (40, 6147, 100),
-                                   (33, 8192, 1), (33, 16387, 64), (35, 20483, 100)]:
+    cases = [(33, 4095, 64), (33, 4096, 64), (34, 4099, 3), (40, 6147, 100), (33, 8192, 1),
+             (33, 16387, 64), (35, 20483, 100)]
+    if mode == "draft_extend":
+        cases += [(301, 16387, 64), (1101, 4097, 1)]
+    for bs, max_len, page_size in cases:
         W = max_len + (-max_len) % 4 + 8
         inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3)
-        for kw in (dict(ndest=3), dict(schedule=nm.Schedule(66)), dict(tables=("page_table_1",))):
+        if mode == "draft_extend":
+            inp["extend_lens"][[0, 5, bs - 1]] = [0, -3, -(2**40)]
+        kws = [dict(ndest=3), dict(tables=("page_table_1",))]
+        if mode != "draft_extend":
+            kws.append(dict(schedule=nm.Schedule(66)))
+        for kw in kws if bs < 300 else kws[1:]:
             check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size,
                                            strided="rows16", **kw)
 
