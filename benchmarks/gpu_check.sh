@@ -2,8 +2,10 @@
 # The GPU machine in one call: build, GPU tests, ctest, sanitizers, then a short timing table.
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
 # (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG,
-# "sglang_host" the drop-in's host cost beside SGLang's launcher; BENCH_ARGS adds options to
-# bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"). A carried SGLang wheel in .whl/ is
+# "sglang_host" the drop-in's host cost beside SGLang's launcher, "variants" benchmarks/variants.sh
+# over VARIANTS (compile flags, '|'-separated; MATCH picks the rows); BENCH_ARGS adds options to
+# bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"; PYTEST_ARGS narrows the pytest step,
+# SUBSET the sanitizers' tests). A carried SGLang wheel in .whl/ is
 # installed with --no-deps --target and timed beside ours (--sglang). A carried FlashMLA ops library
 # in .flashmla/ (sgl_kernel/flashmla_ops.abi3.so of the sglang-kernel 0.4.5 wheel, built for
 # torch 2.11 + CUDA 13.0) is what tests/test_gpu_schedule.py's parity test compares with.
@@ -36,18 +38,22 @@ if want build; then
   step build env CUDAARCHS=${CUDAARCHS:-90} python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
   grep -E "spill|ptxas (error|warning)" "$OUT/build.log" > "$OUT/spills.txt"; echo "ptxas spill/warning lines: $(wc -l < "$OUT/spills.txt")" >> "$OUT/build.log"
 fi
-want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs tests -p no:cacheprovider --durations=5
+want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_ARGS:-tests}
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
 # hostile values and a batch past one scan tile, with torch's caching allocator off
 # and the prepared path, the graph replays (20 under a sanitizer) and concurrent streams/threads
-SUBSET="torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_check_true) or test_prepared_graphs.py"
+SUBSET=${SUBSET:-"torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_check_true) or test_prepared_graphs.py"}
 want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "$tool" env NSA_SANITIZE=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
 done
 want sglang_host && step sglang_host python3 benchmarks/sglang_host.py
+if want variants; then
+  IFS='|' read -r -a flag_sets <<< "${VARIANTS:-|-DNSA_ROW_PROGRAMS=0}"
+  step variants bash benchmarks/variants.sh "${flag_sets[@]}"
+fi
 want bench && step bench python3 -m nsa_metadata.cli bench --quick "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench_quick.json"
 want grid && step grid python3 -m nsa_metadata.cli bench "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
@@ -58,3 +64,4 @@ echo
 want bench && grep -v "^\\[" "$OUT/bench.log"
 want grid && cat "$OUT/grid.log"
 want sglang_host && cat "$OUT/sglang_host.log"
+want variants && cat "$OUT/variants.log"
