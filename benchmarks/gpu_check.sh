@@ -4,7 +4,7 @@
 # (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG,
 # "sglang_host" the drop-in's host cost beside SGLang's launcher, "variants" benchmarks/variants.sh
 # over VARIANTS (compile flags, '|'-separated; MATCH picks the rows); BENCH_ARGS adds options to
-# bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"; PYTEST_ARGS narrows the pytest step,
+# bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"; PYTEST_ARGS (paths) and PYTEST_K (-k) narrow the pytest step,
 # SUBSET the sanitizers' tests). A carried SGLang wheel in .whl/ is
 # installed with --no-deps --target and timed beside ours (--sglang). A carried FlashMLA ops library
 # in .flashmla/ (sgl_kernel/flashmla_ops.abi3.so of the sglang-kernel 0.4.5 wheel, built for
@@ -38,7 +38,7 @@ if want build; then
   step build env CUDAARCHS=${CUDAARCHS:-90} python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
   grep -E "spill|ptxas (error|warning)" "$OUT/build.log" > "$OUT/spills.txt"; echo "ptxas spill/warning lines: $(wc -l < "$OUT/spills.txt")" >> "$OUT/build.log"
 fi
-want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_ARGS:-tests}
+want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_ARGS:-tests} ${PYTEST_K:+-k "$PYTEST_K"}
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
 # hostile values and a batch past one scan tile, with torch's caching allocator off
