@@ -3,12 +3,14 @@
 // passes four integers (bs, max_len, total, stream), checked against the bound capacities with
 // nsa::shape_of, the function the launcher sizes its grid with. No framework names here:
 // python/nsa_metadata/_arrays.py reads addresses and strides off the caller's arrays and
-// _validate.py checks them.
+// _validate.py checks them. A one-shot call's plan is looked up by a key that buffer_key reads
+// here through DLPack's C exchange API, when the arrays' type has one (whichever library it is).
 //
 // Why addresses and not nb::ndarray: importing one torch tensor through DLPack costs ~6.6 us
 // (H100, nanobind 3.1, torch 2.11); a bind passes 9 to 11 arrays per destination set, and a
 // one-shot call that has to bind again would pay that on every miss.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -154,6 +156,239 @@ void empty_launch(int device, uintptr_t stream) {
     throw std::runtime_error(std::string("nsa-metadata: ") + cudaGetErrorString(cuda_error));
 }
 
+// ---------------------------------------------------------------------------------------------
+// The one-shot call's buffer key, read through DLPack's C exchange API (DLPack 1.2 and later).
+//
+// An array type that implements it carries, on the type, a table of C functions: one fills a
+// DLTensor describing an object (no allocation, no Python call), another gives a device's
+// current work stream. Reading a call's 10 to 14 arrays that way costs far less than the
+// attribute reads the Python path makes (_plans.cache_key). The structs below are declared
+// here, in the layout that DLPack's dlpack.h publishes; only what this file reads is named.
+namespace dlpack {
+
+struct Version {
+  uint32_t major, minor;
+};
+struct Device {
+  int32_t type, id;  // DLDeviceType (a C enum: an int), device index
+};
+struct DataType {
+  uint8_t code, bits;
+  uint16_t lanes;
+};
+struct Tensor {  // DLTensor
+  void* data;
+  Device device;
+  int32_t ndim;
+  DataType dtype;
+  int64_t* shape;
+  int64_t* strides;  // in elements; NULL (compact row-major) was allowed before DLPack 1.2
+  uint64_t byte_offset;
+};
+struct ManagedTensor {  // DLManagedTensorVersioned
+  Version version;
+  void* manager_ctx;
+  void (*deleter)(ManagedTensor*);
+  uint64_t flags;
+  Tensor tensor;
+};
+struct ApiHeader {  // stable across versions: the consumer checks the major version first
+  Version version;
+  ApiHeader* prev_api;  // an older table of the same producer, or NULL
+};
+struct Api {  // DLPackExchangeAPI, major version 1
+  ApiHeader header;
+  void* managed_tensor_allocator;  // (not used here)
+  int (*managed_tensor_from_py_object_no_sync)(void* object, ManagedTensor** out);
+  void* managed_tensor_to_py_object_no_sync;  // (not used here)
+  int (*dltensor_from_py_object_no_sync)(void* object, Tensor* out);  // may be NULL
+  int (*current_work_stream)(int32_t device_type, int32_t device_id, void** stream);
+};
+static_assert(sizeof(Tensor) == 48 && sizeof(ManagedTensor) == 80, "DLTensor's layout");
+static_assert(sizeof(ApiHeader) == 16 && sizeof(Api) == 56, "DLPackExchangeAPI's layout");
+static_assert(offsetof(Api, current_work_stream) == 48, "DLPackExchangeAPI's layout");
+
+constexpr int32_t kCUDA = 2;  // kDLCUDA: CUDA device memory
+const char* const kCapsuleName = "dlpack_exchange_api";
+
+// The type attributes that may hold the table: DLPack 1.3's capsule, then the name producers
+// used before it (a capsule or an int holding the address). Interned at module init.
+PyObject* g_attr_names[2] = {nullptr, nullptr};
+
+// The exchange table of `type` with major version 1, or NULL. The attribute is looked up in
+// the type's own MRO (CPython's per-type attribute cache: no exception on a miss), every call,
+// so a type that gets the attribute later (tvm-ffi installs one on older torch) is seen then.
+// The table itself lives as long as the process (DLPack requires it).
+const Api* exchange_api(PyTypeObject* type) {
+  for (PyObject* name : g_attr_names) {
+    PyObject* attr = _PyType_Lookup(type, name);  // borrowed
+    if (attr == nullptr) continue;
+    const void* at = nullptr;
+    if (PyCapsule_IsValid(attr, kCapsuleName)) {
+      at = PyCapsule_GetPointer(attr, kCapsuleName);
+    } else if (PyLong_CheckExact(attr)) {
+      at = PyLong_AsVoidPtr(attr);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    auto* header = static_cast<const ApiHeader*>(at);
+    for (int depth = 0; header != nullptr && depth < 8; ++depth, header = header->prev_api) {
+      if (header->version.major == 1) return reinterpret_cast<const Api*>(header);
+    }
+  }
+  return nullptr;
+}
+
+// What the key reads of one array (1-D or 2-D, on a CUDA device).
+struct View {
+  uint64_t address = 0;  // data + byte_offset: the first element
+  Device device{};
+  DataType dtype{};
+  int32_t ndim = 0;
+  int64_t shape[2] = {0, 0};
+  int64_t strides[2] = {0, 0};
+};
+
+bool view_of(const Tensor& t, View& v) {
+  if (t.ndim < 1 || t.ndim > 2 || t.shape == nullptr || t.device.type != kCUDA) return false;
+  v.address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(t.data)) + t.byte_offset;
+  v.device = t.device;
+  v.dtype = t.dtype;
+  v.ndim = t.ndim;
+  for (int d = 0; d < t.ndim; ++d) v.shape[d] = t.shape[d];
+  if (t.strides != nullptr) {
+    for (int d = 0; d < t.ndim; ++d) v.strides[d] = t.strides[d];
+  } else {  // compact row-major
+    v.strides[t.ndim - 1] = 1;
+    if (t.ndim == 2) v.strides[0] = t.shape[1];
+  }
+  return true;
+}
+
+// Read `object` through `api`: the non-owning DLTensor when the producer has that function, else
+// a managed tensor released right after. False (any Python error cleared) when the producer
+// refuses it or it is not a 1-D or 2-D CUDA array.
+bool read(const Api* api, PyObject* object, View& v) {
+  if (api->dltensor_from_py_object_no_sync != nullptr) {
+    Tensor t{};
+    if (api->dltensor_from_py_object_no_sync(object, &t) != 0) {
+      PyErr_Clear();
+      return false;
+    }
+    return view_of(t, v);
+  }
+  ManagedTensor* owned = nullptr;
+  if (api->managed_tensor_from_py_object_no_sync == nullptr ||
+      api->managed_tensor_from_py_object_no_sync(object, &owned) != 0 || owned == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool ok = owned->version.major == 1 && view_of(owned->tensor, v);  // (major 1: the layout)
+  if (owned->deleter != nullptr) owned->deleter(owned);
+  return ok;
+}
+
+// The key's bytes, in the machine's byte order (a key never leaves the process).
+class KeyBytes {
+ public:
+  template <class T>
+  void put(T value) {
+    const auto* p = reinterpret_cast<const char*>(&value);
+    bytes_.append(p, sizeof(T));
+  }
+  void reserve(size_t n) { bytes_.reserve(n); }
+  const std::string& bytes() const { return bytes_; }
+
+ private:
+  std::string bytes_;
+};
+
+enum Tag : uint8_t { kAbsent = 0, kArray = 1, kSameAsPrevious = 2 };
+
+// One array's part of the key. A dimension of extent 0 or 1 keys stride 0: its stride addresses
+// nothing, and producers differ in what they report for it (one normalises it to 1). `batch`:
+// one of the 1-D inputs, whose length is the step's bs and is not keyed; it keys only whether the
+// length is at least 2 (its stride matters only then).
+void put_view(KeyBytes& key, const View& v, bool batch) {
+  key.put(kArray);
+  key.put(v.address);
+  key.put(v.device.type);
+  key.put(v.device.id);
+  key.put(v.dtype.code);
+  key.put(v.dtype.bits);
+  key.put(v.dtype.lanes);
+  key.put(static_cast<uint8_t>(v.ndim));
+  for (int d = 0; d < v.ndim; ++d) {
+    const bool addresses = v.shape[d] >= 2;
+    key.put(batch ? static_cast<int64_t>(addresses) : v.shape[d]);
+    key.put(addresses ? v.strides[d] : int64_t{0});
+  }
+}
+
+// See buffer_key's docstring (NB_MODULE below).
+nb::object buffer_key(nb::handle seq_lens, nb::handle req_pool_indices, nb::handle extend_lens,
+                      nb::handle req_to_token, nb::handle outputs) {
+  PyObject* outs = outputs.ptr();
+  // (a valid call passes at most kMaxDests sets of 10 fields)
+  if (!PyTuple_CheckExact(outs) || PyTuple_GET_SIZE(outs) > 16 * nsa::kMaxDests) return nb::none();
+  PyTypeObject* type = Py_TYPE(seq_lens.ptr());
+  const Api* api = exchange_api(type);
+  if (api == nullptr || api->current_work_stream == nullptr) return nb::none();
+  auto same_type = [type](nb::handle h) { return h.is_none() || Py_TYPE(h.ptr()) == type; };
+  const Py_ssize_t n_outs = PyTuple_GET_SIZE(outs);
+  if (!same_type(req_pool_indices) || req_pool_indices.is_none() || !same_type(extend_lens) ||
+      !same_type(req_to_token) || req_to_token.is_none())
+    return nb::none();
+  for (Py_ssize_t i = 0; i < n_outs; ++i)
+    if (!same_type(PyTuple_GET_ITEM(outs, i))) return nb::none();
+
+  KeyBytes key;
+  key.reserve(64 * static_cast<size_t>(4 + n_outs));
+  View lens, v;
+  if (!read(api, seq_lens.ptr(), lens) || lens.ndim != 1) return nb::none();
+  const int64_t bs = lens.shape[0];
+  put_view(key, lens, true);
+  for (nb::handle index : {req_pool_indices, extend_lens}) {
+    if (index.is_none()) {
+      key.put(kAbsent);
+      continue;
+    }
+    if (!read(api, index.ptr(), v) || v.ndim != 1 || v.shape[0] != bs) return nb::none();
+    put_view(key, v, true);
+  }
+  if (!read(api, req_to_token.ptr(), v)) return nb::none();
+  put_view(key, v, false);
+  for (Py_ssize_t i = 0; i < n_outs; ++i) {
+    PyObject* x = PyTuple_GET_ITEM(outs, i);
+    if (x == Py_None) {
+      key.put(kAbsent);
+    } else if (i > 0 && x == PyTuple_GET_ITEM(outs, i - 1)) {
+      key.put(kSameAsPrevious);
+    } else {
+      if (!read(api, x, v)) return nb::none();
+      put_view(key, v, false);
+    }
+  }
+  void* stream = nullptr;
+  if (api->current_work_stream(kCUDA, lens.device.id, &stream) != 0) {
+    PyErr_Clear();
+    return nb::none();
+  }
+  return nb::make_tuple(nb::bytes(key.bytes().data(), key.bytes().size()), bs,
+                        static_cast<uint64_t>(reinterpret_cast<uintptr_t>(stream)));
+}
+
+// For the probe and the tests: (major, minor, whether it has the non-owning reader) of the
+// exchange table `type` carries (major version 1), or None.
+nb::object exchange_api_version(nb::handle type) {
+  if (!PyType_Check(type.ptr())) return nb::none();
+  const Api* api = exchange_api(reinterpret_cast<PyTypeObject*>(type.ptr()));
+  if (api == nullptr) return nb::none();
+  return nb::make_tuple(api->header.version.major, api->header.version.minor,
+                        api->dltensor_from_py_object_no_sync != nullptr);
+}
+
+}  // namespace dlpack
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -296,6 +531,27 @@ NB_MODULE(_core, m) {
         "Decode check=True's status word: None, or (request index, BadKind).");
   m.def("empty_launch", &empty_launch, "device"_a, "stream"_a,
         "Launch an empty kernel (the benchmark's host-cost floor).");
+  dlpack::g_attr_names[0] = PyUnicode_InternFromString("__dlpack_c_exchange_api__");
+  dlpack::g_attr_names[1] = PyUnicode_InternFromString("__c_dlpack_exchange_api__");
+  if (dlpack::g_attr_names[0] == nullptr || dlpack::g_attr_names[1] == nullptr) throw nb::python_error();
+  m.def("buffer_key", &dlpack::buffer_key, "seq_lens"_a.none(), "req_pool_indices"_a.none(),
+        "extend_lens"_a.none(), "req_to_token"_a.none(), "outputs"_a.none(),
+        nb::sig("def buffer_key(seq_lens: object, req_pool_indices: object, extend_lens: object, "
+                "req_to_token: object, outputs: tuple[object, ...]) -> tuple[bytes, int, int] | None"),
+        "(key, bs, stream) of a one-shot call's buffers, read through DLPack's C exchange API of their "
+        "type; None when any of them cannot be read that way (another type, a type without the API, "
+        "a producer that refuses one, not 1-D or 2-D, not CUDA device memory, lengths that differ), "
+        "never an exception.\n\n"
+        "All arrays must be of seq_lens' exact type; extend_lens and any of `outputs` may be None. "
+        "key: bytes naming, for each array in order (inputs, then outputs), its address, device, "
+        "dtype, ndim, extents and strides (stride 0 for an extent of 0 or 1), except the lengths of "
+        "the three 1-D inputs (only whether each is at least 2); an output that is the very object "
+        "before it in `outputs` is keyed as such. bs: seq_lens' length (req_pool_indices' and "
+        "extend_lens' must equal it). stream: the current work stream of seq_lens' device.");
+  m.def("exchange_api_version", &dlpack::exchange_api_version, "type"_a.none(),
+        nb::sig("def exchange_api_version(type: object) -> tuple[int, int, bool] | None"),
+        "(major, minor, has dltensor_from_py_object_no_sync) of the DLPack C exchange API that "
+        "`type` carries (major version 1), or None.");
   m.def("overlaps_previous_kernel", &overlaps_previous_kernel, "device"_a,
         "Whether launches on `device` overlap the end of the stream's previous kernel (sm_90+ PTX "
         "and device, NSA_METADATA_PDL not '0'); the kernel waits for it before any load or store.");
