@@ -66,7 +66,7 @@ def main():
         key = lambda k: _plans.cache_key(mode, sl(k)[0], sl(k)[1], table, sl(k)[2] if e is not None else None,
                                          2048, 1, 64, nxt, True, md)
         r("  cache_key (varying)", {})[mode] = per_call_us(key)
-        k0 = key(0)
+        k0 = key(0)[0]  # (cache_key: the key, bs, the stream)
         r("  PLANS.get", {})[mode] = per_call_us(lambda k: _plans.PLANS.get(k0))
         r("  hash(key)", {})[mode] = per_call_us(lambda k: hash(k0))
         plan, cur = _plans.PLANS.get(k0)

@@ -23,18 +23,24 @@ def _call(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any, ex
     """One call: the cached plan of its buffers when there is one and the step fits it, else
     validation and a new plan (or the reference on host arrays)."""
     key = None
-    if out is not None and check is False:
-        key = _plans.cache_key(mode, seq_lens, req_pool_indices, req_to_token, extend_lens, topk,
-                               kpool, page_size, next_n, live, out, schedule)
-        entry = None if key is None else _plans.PLANS.get(key)
+    found = (None if out is None or check is not False else
+             _plans.cache_key(mode, seq_lens, req_pool_indices, req_to_token, extend_lens, topk,
+                              kpool, page_size, next_n, live, out, schedule))
+    if found is not None:
+        key, bs, current = found
+        entry = _plans.PLANS.get(key)
         if entry is not None and type(max_len) is int and (total is None or type(total) is int):
-            bs = seq_lens.shape[0]  # (torch's len() is a Python-level wrapper: 4x the cost)
-            if (req_pool_indices.shape[0] == bs
-                    and (extend_lens is None or extend_lens.shape[0] == bs)):
-                plan, current_stream = entry
+            plan, current_stream = entry
+            if bs is None:  # a key read through Python attributes: bs and the stream read here
+                bs = seq_lens.shape[0]  # (torch's len() is a Python-level wrapper: 4x the cost)
+                if not (req_pool_indices.shape[0] == bs
+                        and (extend_lens is None or extend_lens.shape[0] == bs)):
+                    bs = None
+            if bs is not None:
                 try:
                     plan.launch(bs, max_len, 0 if total is None else total,
-                                current_stream() if stream is None else _arrays.stream_handle(stream))
+                                _arrays.stream_handle(stream) if stream is not None
+                                else current_stream() if current is None else current)
                     return out
                 except ValueError:
                     pass  # a step these buffers cannot take: validated below, with its message

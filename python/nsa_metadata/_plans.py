@@ -8,6 +8,10 @@ part of the key: they travel with every launch, checked against the plan's capac
 as a prepared step. A key that matches denotes the very same memory and settings, so the plan is
 what a fresh validation would bind; a step it cannot take is validated afresh by the caller.
 The cache keeps no array alive.
+
+The buffers are read in one C call (`_core.buffer_key`, through DLPack's C exchange API) when
+their type has that API, which also gives bs and the device's current stream; otherwise (torch
+and CuPy versions without it) through their Python attributes, as `_arrays` reads them.
 """
 
 from __future__ import annotations
@@ -59,11 +63,52 @@ def bind(mode: str, arrs: Sequence[Arr], dests: Dests, cap: _core.Capacity, *, t
                           "topk" if schedule is None else schedule.lengths])
 
 
+Found = Tuple[Hashable, Optional[int], Optional[int]]  # a key, its call's bs and stream (or None)
+
+
 def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any,
               extend_lens: Any, topk: Any, kpool: Any, page_size: Any, next_n: Any, live: Any,
-              out: Any, schedule: Any = None) -> Optional[Hashable]:
-    """The key of a one-shot call's plan, or None when the call cannot have one (host arrays,
-    an argument of an unusual type: those are validated every time).
+              out: Any, schedule: Any = None) -> Optional[Found]:
+    """(key, bs, stream) of a one-shot call's plan, or None when the call cannot have one (host
+    arrays, an argument of an unusual type, lengths that differ: those are validated every time).
+
+    Read through DLPack's C exchange API (`_core.buffer_key`), bs is the call's and stream the
+    current stream of its device; read through Python attributes (`_python_buffers`), both are
+    None and the caller reads them on a hit.
+    """
+    if not (type(topk) is int and type(kpool) is int and type(page_size) is int
+            and type(next_n) is int and (live is True or live is False)
+            and (schedule is None or type(schedule) is Schedule)):
+        return None
+    many = type(out) is list or type(out) is tuple
+    if many:
+        if not all([type(md) is Metadata for md in out]):
+            return None
+        fields = tuple(itertools.chain.from_iterable(map(_fields, out)))
+    elif type(out) is Metadata:
+        fields = _fields(out)
+    else:
+        return None
+    read = _core.buffer_key(seq_lens, req_pool_indices, extend_lens, req_to_token, fields)
+    if read is not None:  # (bytes: never equal to the tuple of a key read through Python)
+        return ((mode, topk, kpool, page_size, next_n, live, schedule, many, type(seq_lens),
+                 read[0]), read[1], read[2])
+    buffers = _python_buffers(seq_lens, req_pool_indices, req_to_token, extend_lens,
+                              out if many else (out,))
+    if buffers is None:
+        return None
+    return (mode, topk, kpool, page_size, next_n, live, schedule, many, buffers), None, None
+
+
+# _core.buffer_key keys an output that is the very object before it as such: with page_size 1
+# the real table may be page_table_1 itself, and that is part of a key.
+assert FIELDS.index("real_page_table") == FIELDS.index("page_table_1") + 1
+
+
+def _python_buffers(seq_lens: Any, req_pool_indices: Any, req_to_token: Any, extend_lens: Any,
+                    mds: Sequence[Metadata]) -> Optional[Hashable]:
+    """The buffers' part of a key, read through torch's or CuPy's Python attributes (`_arrays`);
+    None for other types.
 
     Output buffers are persistent, so each Metadata keeps the full key of its fields (`_memo`)
     with the field objects; a call re-reads only their identity, address and shape (torch's
@@ -71,10 +116,6 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
     place so that it keeps both its address and shape but not its strides (as_strided_, set_,
     transposing a square table in place) is not seen: assign it to its field again.
     """
-    if not (type(topk) is int and type(kpool) is int and type(page_size) is int
-            and type(next_n) is int and (live is True or live is False)
-            and (schedule is None or type(schedule) is Schedule)):
-        return None
     keyed = _arrays.keyed_type(seq_lens)
     if keyed is None:
         return None
@@ -83,11 +124,8 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
                                 else (seq_lens, req_pool_indices, extend_lens), req_to_token)
     if inputs is None:
         return None
-    many = type(out) is list or type(out) is tuple
     outs = []
-    for md in out if many else (out,):
-        if type(md) is not Metadata:
-            return None
+    for md in mds:
         xs = _fields(md)
         memo = md._memo
         if (memo is None or memo[0] is not t or not all(map(operator.is_, xs, memo[1]))
@@ -98,7 +136,7 @@ def cache_key(mode: str, seq_lens: Any, req_pool_indices: Any, req_to_token: Any
             memo = md._memo = (t, xs, _arrays.quick_keys(is_torch, xs), keys)
         outs.append(memo[3])
         outs.append(md.real_page_table is md.page_table_1)
-    return (mode, topk, kpool, page_size, next_n, live, schedule, many, inputs, tuple(outs))
+    return inputs, tuple(outs)
 
 
 E = TypeVar("E")
