@@ -1,6 +1,6 @@
 """The one path on a real device: one-shot calls bind once per set of buffers and take bs,
 max_len and total on every call; threads share the plan cache; the allocator and DLPack rules of
-issue 13."""
+issue 13; the key read through DLPack's C exchange API where the array type has it."""
 
 import threading
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nsa_metadata as nm
-from nsa_metadata import _plans
+from nsa_metadata import _core, _plans
 from helpers import POISON, DLPackOnly, random_inputs, repoison
 from test_binding import plan_bytes
 
@@ -42,6 +42,19 @@ def one_shot(mod, mode, arrays, bs, max_len, **kw):
     return mod.draft_extend(args[0], arrays["extend_lens"][:bs], *args[1:], total=total, **kw)
 
 
+def via_exchange(mode, dev, md, bs):
+    """Whether the one-shot call of these buffers reads its key through DLPack's C exchange API
+    (its bs then comes with the key), checked against whether the array type has the API."""
+    found = _plans.cache_key(mode, dev["seq_lens"][:bs], dev["req_pool_indices"][:bs],
+                             dev["req_to_token"],
+                             dev["extend_lens"][:bs] if mode == "draft_extend" else None,
+                             30, 1, PAGE, NEXT_N if mode == "target_verify" else 1, False, md)
+    assert found is not None
+    has_api = _core.exchange_api_version(type(dev["seq_lens"])) is not None
+    assert (found[1] is not None) == has_api, (type(dev["seq_lens"]), found[1:])
+    return has_api
+
+
 def assert_step_exact(lib, mode, inp, md, bs, max_len):
     want = one_shot(nm.reference, mode, inp, bs, max_len)
     for f in nm.Metadata.__slots__:
@@ -57,15 +70,18 @@ def test_one_shot_steps_of_every_size_share_one_plan(lib, mode):
     _plans.PLANS.clear()
     inp, dev, md = buffer_set(lib, mode, 1)
     rng = np.random.default_rng(2)
-    for _ in range(30):  # bs >= 1: an empty view may have another address (a plan of its own)
-        bs, max_len = int(rng.integers(1, CAP + 1)), int(rng.integers(0, W + 1))
+    steps = [(int(rng.integers(1, CAP + 1)), int(rng.integers(0, W + 1))) for _ in range(30)]
+    steps[:2] = [(1, W), (CAP, 0)]
+    for bs, max_len in steps:  # bs >= 1: an empty view may have another address (its own plan)
         total = int(np.maximum(inp["extend_lens"][:bs], 0).sum())
         kw = dict(total=total) if mode == "draft_extend" else {}
         repoison(md)
         assert one_shot(nm, mode, dev, bs, max_len, out=md, **kw) is md
         lib.synchronize()
         assert_step_exact(lib, mode, inp, md, bs, max_len)
-    assert len(_plans.PLANS) == 1
+    # read through the exchange API, one request and more are keyed apart (a one-element input's
+    # stride addresses nothing, so it is not keyed)
+    assert len(_plans.PLANS) == (2 if via_exchange(mode, dev, md, CAP) else 1)
 
 
 def test_sixteen_threads_share_the_plan_cache(lib):
@@ -100,6 +116,8 @@ def test_sixteen_threads_share_the_plan_cache(lib):
     for th in threads:
         th.join()
     assert errors == []
+    inp, dev, md, mode = sets[0][0]
+    print(f"{lib.name}: keys read through the exchange API: {via_exchange(mode, dev, md, CAP)}")
 
 
 def test_outputs_allocated_for_another_stream_are_not_reused_early():
@@ -156,3 +174,56 @@ def test_prepared_launches_leave_the_plan_as_bound(lib, mode):
     lib.synchronize()
     assert plan_bytes(prep._plan) == before
     assert_step_exact(lib, mode, inp, md, CAP, W)
+
+
+def test_exchange_api_probe():
+    """Reports (run with -s) whether torch.Tensor and cupy.ndarray carry DLPack's C exchange API
+    and its non-owning reader (DLPack's dltensor_from_py_object_no_sync); it asserts nothing."""
+    for name, cls in (("torch", "Tensor"), ("cupy", "ndarray")):
+        try:
+            m = __import__(name)
+        except ImportError:
+            print(f"exchange API probe: {name} not installed")
+            continue
+        t = getattr(m, cls)
+        version = _core.exchange_api_version(t)
+        print(f"exchange API probe: {name} {m.__version__} {cls}: "
+              + ("none" if version is None else
+                 f"DLPack {version[0]}.{version[1]}, dltensor_from_py_object_no_sync "
+                 f"{'set' if version[2] else 'NULL'}"))
+
+
+def test_buffer_key_on_device_arrays(lib):
+    """The key of real device arrays: bs, the current stream of their device (inside another
+    stream's context too), equal for fresh views of the same buffers, apart for another view,
+    dtype or buffer; None for host arrays."""
+    if _core.exchange_api_version(type(lib.to_device(np.zeros(1, np.int32)))) is None:
+        pytest.skip(f"{lib.name}'s array type has no DLPack C exchange API")
+    inp, dev, md = buffer_set(lib, "draft_extend", 3)
+    outs = tuple(getattr(md, f) for f in nm.Metadata.__slots__)
+
+    def key(bs=5, table=None, outs=outs, **change):
+        d = dict(dev, **change)
+        return _core.buffer_key(d["seq_lens"][:bs], d["req_pool_indices"][:bs],
+                                d["extend_lens"][:bs], dev["req_to_token"] if table is None
+                                else table, outs)
+
+    stream = lib.m.cuda.Stream() if lib.name == "torch" else lib.m.cuda.Stream(non_blocking=True)
+    with (lib.m.cuda.stream(stream) if lib.name == "torch" else stream):
+        raw, bs, current = key()
+        want = stream.cuda_stream if lib.name == "torch" else stream.ptr
+    assert bs == 5 and current == want != 0
+    assert key()[2] == (lib.m.cuda.current_stream().cuda_stream if lib.name == "torch"
+                        else lib.m.cuda.get_current_stream().ptr)
+    assert key()[0] == raw and key(bs=CAP)[0] == raw
+    assert key(table=dev["req_to_token"][:, :W - 1])[0] != raw
+    assert key(table=dev["req_to_token"][1:])[0] != raw
+    assert key(seq_lens=dev["seq_lens"].astype(lib.m.int32) if lib.name == "cupy"
+               else dev["seq_lens"].to(lib.m.int32))[0] != raw
+    assert key(outs=outs[:4] + (None,) + outs[5:])[0] != raw
+    assert key(outs=outs[:5] + (lib.to_device(np.zeros((CAP, 5), np.int32)),) + outs[6:])[0] != raw
+    host = lib.to_host(dev["req_to_token"])
+    if lib.name == "torch":  # a CPU tensor: host memory is not keyed here
+        assert key(table=lib.m.from_numpy(host)) is None
+    assert _core.buffer_key(inp["seq_lens"], inp["req_pool_indices"], None, host, ()) is None
+
