@@ -45,8 +45,8 @@ __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
-#ifndef NSA_GROUPED_ROWS
-#define NSA_GROUPED_ROWS 0  // 1: decode and target_verify take grouped row programs too (A/B runs)
+#ifndef NSA_EXTEND_FANOUT
+#define NSA_EXTEND_FANOUT 0  // 1: draft_extend's row programs load a request's chunk once for all its rows
 #endif
 
 #ifndef NSA_MIN_BLOCKS
@@ -568,7 +568,7 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
 // 4-6% faster this way than with programs that write every row of their request at once:
 // benchmarks/write_floor.cu.)
 template <Mode M, int kTables, int kSteps, int kSlots>
-__device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, int32_t o, int32_t j) {
+__device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, int32_t j) {
   const int tid = threadIdx.x;
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
@@ -583,7 +583,6 @@ __device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, int3
     const int32_t k = k0 + u * kThreads;
     v[u] = k < nvec && src != nullptr ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
   }
-  const Rows<M> rows{o, 1};
 #pragma unroll 1
   for (int u = 0; u < kSteps; ++u, rotate(v)) {
     const int32_t k = k0 + u * kThreads;
@@ -597,28 +596,33 @@ template <Mode M, int kTables, int kSteps, int kSlots>
 __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
   const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
-  row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
+  row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), Rows<M>{o, 1}, j);
 }
 
-// Grouped row program b: chunk j of every row of the requests of group g (b = g * row_chunks +
-// j), row after row, kRowSteps wide. draft_extend's programs are these: a row finds its request
-// only through the sum of extend_lens before it, so a program sums the rows before its group once
-// (O(bs) reads) and walks the group's requests from there; the launcher bounds the programs
-// (groups x row_chunks) by the size of the chip, which bounds those reads. (NSA_GROUPED_ROWS=1
-// runs decode and target_verify on them too, for benchmarks/variants.sh.)
-template <Mode M, int kTables, int kSlots>
-__device__ void grouped_row_program(const Args<kSlots>& a, int32_t b) {
+// Row program b of draft_extend: chunk j of every row of the requests of group g (b = g *
+// row_chunks + j), row after row, kRowSteps wide. A row finds its request only through the sum of
+// extend_lens before it, so a program sums the rows before its group once (O(bs) reads) and walks
+// the group's requests from there; the launcher bounds the programs (groups x row_chunks) by the
+// size of the chip, which bounds those reads.
+template <int kTables, int kSlots>
+__device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
+  constexpr Mode M = Mode::draft_extend;
   const int32_t g = b / a.row_chunks, j = b - g * a.row_chunks;
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
-  int64_t r = M == Mode::draft_extend ? rows_before(a, i0) : M == Mode::decode ? i0 : int64_t{i0} * a.p.next_n;
+  static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
+  int64_t r = rows_before(a, i0);
   for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
     const int64_t q = load_index(a.in.req_pool_indices, i);
     const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
     const int32_t* src = source_row(a.in, q);
     const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
+#if NSA_EXTEND_FANOUT
+    if (end > r) row_chunk<M, kTables, kRowSteps>(a, src, Rows<M>{static_cast<int32_t>(r), static_cast<int32_t>(end - r)}, j);
+#else
 #pragma unroll 1
-    for (int32_t o = static_cast<int32_t>(r); o < end; ++o) row_chunk<M, kTables, kRowSteps>(a, src, o, j);
+    for (int32_t o = static_cast<int32_t>(r); o < end; ++o) row_chunk<M, kTables, kRowSteps>(a, src, Rows<M>{o, 1}, j);
+#endif
     r += n;
   }
 }
@@ -637,9 +641,9 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {
-    if constexpr ((M == Mode::draft_extend || NSA_GROUPED_ROWS) && (kTables & kPageTable1) != 0) {
+    if constexpr (M == Mode::draft_extend && (kTables & kPageTable1) != 0) {
       if (a.row_chunks > 0) {
-        grouped_row_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
+        extend_row_program<kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else {
         page_program<M, kTables>(a, static_cast<int32_t>(blockIdx.x) - 1, static_cast<int32_t>(blockIdx.y));
       }

@@ -312,14 +312,13 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
     // full-width tables: row programs (kernels.cuh's row_chunk), a chunk of 8 or 16 KB of a row
     // each, up to 2^31 - 2 of them: in decode and target_verify a program per chunk of every row,
-    // in draft_extend a program per chunk of a group's rows (grouped_row_program), about
+    // in draft_extend a program per chunk of a group's rows (extend_row_program), about
     // target programs in all
     if (NSA_ROW_PROGRAMS && !small && !p.live && (tables & kPageTable1) != 0 && p.max_len >= kRowMin &&
         shape.rows > 0 && rows_aligned(in, out)) {
-      const bool grouped = p.mode == Mode::draft_extend || NSA_GROUPED_ROWS;
-      const int64_t row_cols = int64_t{grouped ? kRowSteps : row_steps(p.mode, p.max_len)} * kChunk;
+      const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
       const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
-      if (!grouped) {
+      if (p.mode != Mode::draft_extend) {
         if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
       } else {
         const int64_t target = int64_t{dev.sms} * NSA_EXTEND_PROGRAMS_PER_SM;
