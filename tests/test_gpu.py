@@ -97,22 +97,23 @@ def test_row_programs(lib, mode):
     16384 columns; in draft_extend one per chunk of a group's rows), at chunk edges, with 1-3 tail
     columns, pages not a power of two, bad pool indices, several destinations and the schedule;
     and 4095 columns (the page programs). draft_extend adds requests of no rows (0, negative,
-    -2**40) and batches whose groups hold 2 and 3 requests on a 132-SM H100 (bs x chunks past
-    16 programs per SM), the last group shorter."""
+    -2**40) and batches whose groups hold 2 requests on a 132-SM H100 or H200 (bs x chunks past
+    the launcher's 32 programs per SM), the last group shorter."""
     rng = np.random.default_rng(99)
     cases = [(33, 4095, 64), (33, 4096, 64), (34, 4099, 3), (40, 6147, 100), (33, 8192, 1),
              (33, 16387, 64), (35, 20483, 100)]
     if mode == "draft_extend":
-        cases += [(301, 16387, 64), (1101, 4097, 1)]
+        cases += [(601, 16387, 64), (2113, 4096, 1)]
     for bs, max_len, page_size in cases:
         W = max_len + (-max_len) % 4 + 8
-        inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3)
+        inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3,
+                            max_extend=2 if bs > 300 else 5)
         if mode == "draft_extend":
             inp["extend_lens"][[0, 5, bs - 1]] = [0, -3, -(2**40)]
         kws = [dict(ndest=3), dict(tables=("page_table_1",))]
         if mode != "draft_extend":
             kws.append(dict(schedule=nm.Schedule(66)))
-        for kw in kws if bs < 300 else kws[1:]:
+        for kw in kws if bs <= 300 else kws[1:]:
             check_device_matches_reference(lib, mode, inp, max_len=max_len, page_size=page_size,
                                            strided="rows16", **kw)
 
