@@ -45,6 +45,15 @@ __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
+// draft_extend's row programs are compiled for sm_90 and newer only (on sm_80-89 the instance
+// with both tables spills at the 64-register cap); the launcher takes them only where the
+// kernels' image is sm_90 or newer (DeviceFacts::sm90_code).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+constexpr bool kExtendRowPrograms = true;
+#else
+constexpr bool kExtendRowPrograms = false;
+#endif
+
 #ifndef NSA_EXTEND_FANOUT
 #define NSA_EXTEND_FANOUT 0  // 1: draft_extend's row programs load a request's chunk once for all its rows
 #endif
@@ -641,7 +650,7 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
   }
   wait_for_previous_kernel();
   if (blockIdx.x > 0) {
-    if constexpr (M == Mode::draft_extend && (kTables & kPageTable1) != 0) {
+    if constexpr (M == Mode::draft_extend && (kTables & kPageTable1) != 0 && kExtendRowPrograms) {
       if (a.row_chunks > 0) {
         extend_row_program<kTables>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else {

@@ -43,15 +43,16 @@ int log2_exact(int64_t x) {
 struct DeviceFacts {
   int sms = 0;
   bool overlap = false;
+  bool sm90_code = false;  // the kernels' image is built for sm_90 or newer (kExtendRowPrograms)
 };
 
 cudaError_t device_facts(int device, DeviceFacts* f) {
   constexpr int kCached = 64;
-  static std::atomic<int> cache[kCached];  // 0: not asked yet, else sms << 1 | overlap
+  static std::atomic<int> cache[kCached];  // 0: not asked yet, else sms << 2 | sm90_code << 1 | overlap
   if (device >= 0 && device < kCached) {
     const int c = cache[device].load(std::memory_order_relaxed);
     if (c > 0) {
-      f->sms = c >> 1, f->overlap = (c & 1) != 0;
+      f->sms = c >> 2, f->sm90_code = (c & 2) != 0, f->overlap = (c & 1) != 0;
       return cudaSuccess;
     }
   }
@@ -62,9 +63,10 @@ cudaError_t device_facts(int device, DeviceFacts* f) {
   if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(&empty_kernel));
   if (err != cudaSuccess) return err;
   const char* env = std::getenv("NSA_METADATA_PDL");
-  f->overlap = major >= 9 && fa.ptxVersion >= 90 && !(env != nullptr && std::strcmp(env, "0") == 0);
+  f->sm90_code = fa.ptxVersion >= 90;
+  f->overlap = major >= 9 && f->sm90_code && !(env != nullptr && std::strcmp(env, "0") == 0);
   if (device >= 0 && device < kCached)
-    cache[device].store(f->sms << 1 | (f->overlap ? 1 : 0), std::memory_order_relaxed);
+    cache[device].store(f->sms << 2 | (f->sm90_code ? 2 : 0) | (f->overlap ? 1 : 0), std::memory_order_relaxed);
   return cudaSuccess;
 }
 
@@ -321,7 +323,7 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
       const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
       if (p.mode != Mode::draft_extend) {
         if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
-      } else {
+      } else if (dev.sm90_code) {
         const int64_t target = int64_t{dev.sms} * NSA_EXTEND_PROGRAMS_PER_SM;
         const int64_t per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
         const int64_t groups = (in.bs + per_group - 1) / per_group;
