@@ -328,7 +328,8 @@ void put_view(KeyBytes& key, const View& v, bool batch) {
 nb::object buffer_key(nb::handle seq_lens, nb::handle req_pool_indices, nb::handle extend_lens,
                       nb::handle req_to_token, nb::handle outputs) {
   PyObject* outs = outputs.ptr();
-  // (a valid call passes at most kMaxDests sets of 10 fields)
+  // (a valid call passes at most kMaxDests sets of Metadata's 10 fields; 16 a set leaves room for
+  // fields added later, which must not fall back to the Python path unnoticed)
   if (!PyTuple_CheckExact(outs) || PyTuple_GET_SIZE(outs) > 16 * nsa::kMaxDests) return nb::none();
   PyTypeObject* type = Py_TYPE(seq_lens.ptr());
   const Api* api = exchange_api(type);

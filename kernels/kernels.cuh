@@ -10,9 +10,10 @@
 //   request's rows in every destination, taking the real table from the same loads. The launcher
 //   bounds groups x splits by the size of the chip, so a table width far beyond the live lengths
 //   costs few idle programs;
-// - or, for full-width tables (live=False) of at least kRowMin columns in decode and
-//   target_verify, every page_table_1 and req_to_token row on 16 bytes, block 1 + b is the row
-//   program b: 8 or 16 KB of one row (row_program), in the order of the output;
+// - or, for full-width tables (live=False) of at least kRowMin columns, every page_table_1 and
+//   req_to_token row on 16 bytes, block 1 + b is the row program b: in decode and target_verify
+//   8 or 16 KB of one row (row_program), in the order of the output; in draft_extend 8 KB of
+//   every row of a group of requests (extend_row_program, sm_90 and newer);
 // - FlashMLA's schedule, when asked for: its closed form (topk rows) spread over every thread
 //   (blocks (0, s >= 1) first, which have nothing else to do and compute their part before the
 //   wait for the previous kernel), its walk (per-row lengths) by block (0, 0) after the 1-D outputs.
@@ -52,10 +53,6 @@ constexpr int kUnroll = 2;            // program steps in flight per thread (H10
 constexpr bool kExtendRowPrograms = true;
 #else
 constexpr bool kExtendRowPrograms = false;
-#endif
-
-#ifndef NSA_EXTEND_FANOUT
-#define NSA_EXTEND_FANOUT 0  // 1: draft_extend's row programs load a request's chunk once for all its rows
 #endif
 
 #ifndef NSA_MIN_BLOCKS
@@ -577,7 +574,7 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
 // 4-6% faster this way than with programs that write every row of their request at once:
 // benchmarks/write_floor.cu.)
 template <Mode M, int kTables, int kSteps, int kSlots>
-__device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, Rows<M> rows, int32_t j) {
+__device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, int32_t o, int32_t j) {
   const int tid = threadIdx.x;
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;  // this thread's first int4
@@ -592,6 +589,7 @@ __device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, Rows
     const int32_t k = k0 + u * kThreads;
     v[u] = k < nvec && src != nullptr ? __ldg(vsrc + k) : make_int4(-1, -1, -1, -1);
   }
+  const Rows<M> rows{o, 1};
 #pragma unroll 1
   for (int u = 0; u < kSteps; ++u, rotate(v)) {
     const int32_t k = k0 + u * kThreads;
@@ -605,7 +603,7 @@ template <Mode M, int kTables, int kSteps, int kSlots>
 __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
   const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
-  row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), Rows<M>{o, 1}, j);
+  row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
 }
 
 // Row program b of draft_extend: chunk j of every row of the requests of group g (b = g *
@@ -626,12 +624,8 @@ __device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
     const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
     const int32_t* src = source_row(a.in, q);
     const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
-#if NSA_EXTEND_FANOUT
-    if (end > r) row_chunk<M, kTables, kRowSteps>(a, src, Rows<M>{static_cast<int32_t>(r), static_cast<int32_t>(end - r)}, j);
-#else
 #pragma unroll 1
-    for (int32_t o = static_cast<int32_t>(r); o < end; ++o) row_chunk<M, kTables, kRowSteps>(a, src, Rows<M>{o, 1}, j);
-#endif
+    for (int32_t o = static_cast<int32_t>(r); o < end; ++o) row_chunk<M, kTables, kRowSteps>(a, src, o, j);
     r += n;
   }
 }

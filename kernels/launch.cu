@@ -36,14 +36,15 @@ int log2_exact(int64_t x) {
 }
 
 // What a launch needs to know of `device`, asked once per device (the launch path never asks the
-// driver again): its multiprocessors, and whether a launch may overlap the previous kernel of the
-// stream (programmatic dependent launch): sm_90 or newer, kernels built from sm_90 or newer PTX
-// (so they wait for that kernel first: wait_for_previous_kernel), and NSA_METADATA_PDL not "0".
+// driver again): its multiprocessors, whether the kernels' image was built from sm_90 or newer PTX
+// (it then holds draft_extend's row programs), and whether a launch may overlap the previous
+// kernel of the stream (programmatic dependent launch): sm_90 or newer, that image (so the kernels
+// wait for that kernel first: wait_for_previous_kernel), and NSA_METADATA_PDL not "0".
 // (Device ordinals past the cache are asked at every launch.)
 struct DeviceFacts {
   int sms = 0;
   bool overlap = false;
-  bool sm90_code = false;  // the kernels' image is built for sm_90 or newer (kExtendRowPrograms)
+  bool sm90_code = false;  // ptxVersion >= 90: kernels.cuh's kExtendRowPrograms holds there
 };
 
 cudaError_t device_facts(int device, DeviceFacts* f) {

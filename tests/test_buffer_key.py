@@ -368,3 +368,14 @@ def test_the_array_type_is_part_of_the_key(rec):
     other = {k: M(v.a, v.device) for k, v in inputs.items()}
     step("decode", other, nm.Metadata(*[None if x is None else M(x.a, x.device) for x in fields(md)]), 4, 8)
     assert len(rec.plans) == 2
+
+
+def test_torch_tensors_take_the_exchange_path():
+    """torch 2.11 and 2.13 carry DLPack 1.3's table with the non-owning reader (what the host
+    figures in docs/performance.md rest on); a torch of that line without it would silently put
+    every one-shot call back on the Python attribute reads."""
+    torch = pytest.importorskip("torch")
+    if tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2]) < (2, 11):
+        pytest.skip(f"torch {torch.__version__}: not checked before 2.11")
+    version = _core.exchange_api_version(torch.Tensor)
+    assert version is not None and version[0] == 1 and version[2], version

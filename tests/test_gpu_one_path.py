@@ -176,23 +176,6 @@ def test_prepared_launches_leave_the_plan_as_bound(lib, mode):
     assert_step_exact(lib, mode, inp, md, CAP, W)
 
 
-def test_exchange_api_probe():
-    """Reports (run with -s) whether torch.Tensor and cupy.ndarray carry DLPack's C exchange API
-    and its non-owning reader (DLPack's dltensor_from_py_object_no_sync); it asserts nothing."""
-    for name, cls in (("torch", "Tensor"), ("cupy", "ndarray")):
-        try:
-            m = __import__(name)
-        except ImportError:
-            print(f"exchange API probe: {name} not installed")
-            continue
-        t = getattr(m, cls)
-        version = _core.exchange_api_version(t)
-        print(f"exchange API probe: {name} {m.__version__} {cls}: "
-              + ("none" if version is None else
-                 f"DLPack {version[0]}.{version[1]}, dltensor_from_py_object_no_sync "
-                 f"{'set' if version[2] else 'NULL'}"))
-
-
 def test_buffer_key_on_device_arrays(lib):
     """The key of real device arrays: bs, the current stream of their device (inside another
     stream's context too), equal for fresh views of the same buffers, apart for another view,
