@@ -270,6 +270,31 @@ bool takes_small_kernel(const Inputs& in, const Outputs& out, const Params& p, i
          ((tables & kRealTable) == 0 || (p.page_size >= 4 && log2_exact(p.page_size) >= 0));
 }
 
+// Full-width tables: a chunk of 8 or 16 KB of a row per program, up to 2^31 - 2 programs; in
+// decode and target_verify a program per chunk of every row, in draft_extend a program per chunk
+// of a group's rows, about NSA_EXTEND_PROGRAMS_PER_SM programs per SM (each sums the rows before
+// its group, so those reads are O(sms x bs) per call).
+RowPrograms row_programs(const Inputs& in, const Outputs& out, const Params& p, int tables, int sms, bool sm90_code) {
+  RowPrograms rp;
+  const int64_t rows = shape_of(p.mode, in.bs, p.next_n, p.total, p.max_len, p.page_size).rows;
+  if (!NSA_ROW_PROGRAMS || p.live || (tables & kPageTable1) == 0 || p.max_len < kRowMin || rows <= 0 ||
+      !rows_aligned(in, out) || (p.mode == Mode::draft_extend && !sm90_code))
+    return rp;
+  const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
+  const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
+  int64_t per_group = 1, programs = rows;  // decode and target_verify: a program per row chunk
+  if (p.mode == Mode::draft_extend) {
+    const int64_t target = int64_t{sms} * NSA_EXTEND_PROGRAMS_PER_SM;
+    per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
+    programs = (in.bs + per_group - 1) / per_group;
+  }
+  if (programs > (kInt32Max - 1) / row_chunks) return rp;
+  rp.programs = programs * row_chunks;
+  rp.per_group = per_group;
+  rp.row_chunks = row_chunks;
+  return rp;
+}
+
 int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cudaStream_t stream,
            cudaError_t* cuda_error) {
   *cuda_error = cudaSuccess;
@@ -314,22 +339,9 @@ int launch(const Inputs& in, const Outputs& out, const Params& p, int device, cu
     // target <= 65535 (gridDim.y) for any chip: splits and groups fit their dimensions
     Grid grid = plan_grid(in.bs, steps, int64_t{dev.sms} * NSA_PROGRAMS_PER_SM);
     const bool small = takes_small_kernel(in, out, p, tables, grid.per_group);
-    // full-width tables: row programs (kernels.cuh's row_chunk), a chunk of 8 or 16 KB of a row
-    // each, up to 2^31 - 2 of them: in decode and target_verify a program per chunk of every row,
-    // in draft_extend a program per chunk of a group's rows (extend_row_program), about
-    // target programs in all
-    if (NSA_ROW_PROGRAMS && !small && !p.live && (tables & kPageTable1) != 0 && p.max_len >= kRowMin &&
-        shape.rows > 0 && rows_aligned(in, out)) {
-      const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
-      const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
-      if (p.mode != Mode::draft_extend) {
-        if (shape.rows <= (kInt32Max - 1) / row_chunks) grid = Grid{shape.rows * row_chunks, 1, 1, row_chunks};
-      } else if (dev.sm90_code) {
-        const int64_t target = int64_t{dev.sms} * NSA_EXTEND_PROGRAMS_PER_SM;
-        const int64_t per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
-        const int64_t groups = (in.bs + per_group - 1) / per_group;
-        if (groups <= (kInt32Max - 1) / row_chunks) grid = Grid{groups * row_chunks, per_group, 1, row_chunks};
-      }
+    if (!small) {
+      const RowPrograms rp = row_programs(in, out, p, tables, dev.sms, dev.sm90_code);
+      if (rp.row_chunks > 0) grid = Grid{rp.programs, rp.per_group, 1, rp.row_chunks};
     }
     const int bits = (in.seq_lens.is64 ? kLens64 : 0) | (in.req_pool_indices.is64 ? kPool64 : 0) |
                      (p.mode == Mode::draft_extend && in.extend_lens.is64 ? kExtend64 : 0);

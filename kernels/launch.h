@@ -113,6 +113,17 @@ bool schedule_fits(const Params& p, int64_t rows);
 // 16 bytes, and pages a power of two >= 4 where a real table is written.
 bool takes_small_kernel(const Inputs& in, const Outputs& out, const Params& p, int tables, int64_t per_group);
 
+// The row programs launch() runs on the general kernel for a valid call whose destinations write
+// `tables` (kernels.cuh's row_program and extend_row_program), on a device of `sms` multiprocessors
+// whose kernel image is sm_90 or newer when `sm90_code`: `programs` blocks after block 0, each one
+// chunk of a row (decode, target_verify: per_group 1) or of every row of `per_group` requests
+// (draft_extend, sm90_code only), `row_chunks` chunks a row; row_chunks 0: page programs instead
+// (live, narrower than 4096 columns, rows not on 16 bytes, no page_table_1, too many programs).
+struct RowPrograms {
+  int64_t programs = 0, per_group = 1, row_chunks = 0;
+};
+RowPrograms row_programs(const Inputs& in, const Outputs& out, const Params& p, int tables, int sms, bool sm90_code);
+
 enum Status : int {
   kOk = 0,
   kBadArgument = 1,  // a struct field outside what the host-side validation allows

@@ -267,11 +267,76 @@ int small_choice_failures() {
 
 }  // namespace
 
+// nsa::row_programs on the host (it reads no memory): which full-width calls run row programs, and
+// how many, on a 132-SM card at the default 32 draft_extend programs per SM (the shapes
+// tests/test_gpu.py::test_row_programs names: 2113 x 4096 and 601 x 16387 give groups of 2).
+// Returns the failures.
+int row_program_failures() {
+  alignas(16) static int32_t table[8], pt1[8], idx[8];
+  int failures = 0;
+  const auto check = [&](const char* what, nsa::Mode mode, int64_t bs, int64_t max_len, auto&& change,
+                         int64_t programs, int64_t per_group, int64_t row_chunks) {
+    nsa::Inputs in;
+    in.seq_lens = in.req_pool_indices = in.extend_lens = {idx, 1, false};
+    in.req_to_token = table;
+    in.pool_rows = 4;
+    const int64_t stride = (max_len + 3) / 4 * 4 + 4;  // rows on 16 bytes
+    in.table_width = in.row_stride = stride;
+    in.bs = bs;
+    nsa::Outputs out;
+    out.n = 1;
+    out.dest[0].page_table_1 = pt1;
+    out.dest[0].page_table_1_stride = stride;
+    nsa::Params p;
+    p.mode = mode;
+    p.max_len = max_len;
+    p.page_size = 64;
+    p.next_n = 3;
+    p.total = bs;
+    int tables = 3;
+    bool sm90 = true;
+    change(in, out, p, tables, sm90);
+    const nsa::RowPrograms rp = nsa::row_programs(in, out, p, tables, 132, sm90);
+    if (rp.programs != programs || rp.per_group != per_group || rp.row_chunks != row_chunks) {
+      std::printf("row_programs: %s: %lld programs, %lld per group, %lld chunks; want %lld, %lld, %lld\n", what,
+                  static_cast<long long>(rp.programs), static_cast<long long>(rp.per_group),
+                  static_cast<long long>(rp.row_chunks), static_cast<long long>(programs),
+                  static_cast<long long>(per_group), static_cast<long long>(row_chunks));
+      ++failures;
+    }
+  };
+  const auto same = [](nsa::Inputs&, nsa::Outputs&, nsa::Params&, int&, bool&) {};
+  using nsa::Mode;
+  check("decode 40 x 4096", Mode::decode, 40, 4096, same, 80, 1, 2);
+  check("target_verify 40 x 16384 (16 KB chunks)", Mode::target_verify, 40, 16384, same, 480, 1, 4);
+  check("draft_extend 40 x 4096", Mode::draft_extend, 40, 4096, same, 80, 1, 2);
+  check("draft_extend 2113 x 4096", Mode::draft_extend, 2113, 4096, same, 2114, 2, 2);
+  check("draft_extend 601 x 16387", Mode::draft_extend, 601, 16387, same, 2709, 2, 9);
+  const int64_t none = 0;
+  check("draft_extend, image before sm_90", Mode::draft_extend, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs&, nsa::Params&, int&, bool& sm90) { sm90 = false; }, none, 1, 0);
+  check("decode, image before sm_90", Mode::decode, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs&, nsa::Params&, int&, bool& sm90) { sm90 = false; }, 80, 1, 2);
+  check("live", Mode::decode, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs&, nsa::Params& p, int&, bool&) { p.live = true; }, none, 1, 0);
+  check("4095 columns", Mode::draft_extend, 40, 4095, same, none, 1, 0);
+  check("real table only", Mode::target_verify, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs&, nsa::Params&, int& tables, bool&) { tables = 2; }, none, 1, 0);
+  check("a source row off 16 bytes", Mode::decode, 40, 4096,
+        [](nsa::Inputs& in, nsa::Outputs&, nsa::Params&, int&, bool&) { in.req_to_token += 1; }, none, 1, 0);
+  check("an output row stride off 16 bytes", Mode::draft_extend, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs& out, nsa::Params&, int&, bool&) { out.dest[0].page_table_1_stride += 1; },
+        none, 1, 0);
+  check("no rows", Mode::draft_extend, 40, 4096,
+        [](nsa::Inputs&, nsa::Outputs&, nsa::Params& p, int&, bool&) { p.total = 0; }, none, 1, 0);
+  return failures;
+}
+
 int main() {
-  if (small_choice_failures() != 0) return 1;
+  if (small_choice_failures() != 0 || row_program_failures() != 0) return 1;
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    std::printf("no CUDA device: skipped (after the host checks of takes_small_kernel)\n");
+    std::printf("no CUDA device: skipped (after the host checks of takes_small_kernel and row_programs)\n");
     return 77;
   }
   std::mt19937_64 rng(1234);
