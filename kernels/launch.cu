@@ -18,8 +18,9 @@ namespace {
 #endif
 
 #ifndef NSA_EXTEND_PROGRAMS_PER_SM
-#define NSA_EXTEND_PROGRAMS_PER_SM 32  // draft_extend's row programs (each sums the rows before its group;
-                                       // H100: 32 beat 16 by 1-5% on the full-width rows >= 16 MB)
+#define NSA_EXTEND_PROGRAMS_PER_SM 64  // draft_extend's row programs (each sums the rows before its group;
+                                       // H100: 32 beat 16 by 1-5% on the full-width rows >= 16 MB, and
+                                       // 64 beat 32 by 2% at 1024 x 32768 and 4096 x 4096, tie at 256 x 32768)
 #endif
 
 #ifndef NSA_PROGRAMS_PER_SM
@@ -283,6 +284,7 @@ RowPrograms row_programs(const Inputs& in, const Outputs& out, const Params& p, 
   const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
   const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
   int64_t per_group = 1, programs = rows;  // decode and target_verify: a program per row chunk
+  if (NSA_TV_FANOUT && p.mode == Mode::target_verify) programs = in.bs;  // (experiment)
   if (p.mode == Mode::draft_extend) {
     const int64_t target = int64_t{sms} * NSA_EXTEND_PROGRAMS_PER_SM;
     per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);

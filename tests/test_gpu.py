@@ -98,12 +98,12 @@ def test_row_programs(lib, mode):
     columns, pages not a power of two, bad pool indices, several destinations and the schedule;
     and 4095 columns (the page programs). draft_extend adds requests of no rows (0, negative,
     -2**40) and batches whose groups hold 2 requests on a 132-SM H100 or H200 (bs x chunks past
-    the launcher's 32 programs per SM), the last group shorter."""
+    the launcher's 64 programs per SM), the last group shorter."""
     rng = np.random.default_rng(99)
     cases = [(33, 4095, 64), (33, 4096, 64), (34, 4099, 3), (40, 6147, 100), (33, 8192, 1),
              (33, 16387, 64), (35, 20483, 100)]
     if mode == "draft_extend":
-        cases += [(601, 16387, 64), (2113, 4096, 1)]
+        cases += [(1201, 16387, 64), (4301, 4096, 1)]
     for bs, max_len, page_size in cases:
         W = max_len + (-max_len) % 4 + 8
         inp = random_inputs(rng, mode, bs, max_len, W=W, next_n=3,

@@ -268,8 +268,8 @@ int small_choice_failures() {
 }  // namespace
 
 // nsa::row_programs on the host (it reads no memory): which full-width calls run row programs, and
-// how many, on a 132-SM card at the default 32 draft_extend programs per SM (the shapes
-// tests/test_gpu.py::test_row_programs names: 2113 x 4096 and 601 x 16387 give groups of 2).
+// how many, on a 132-SM card at the default 64 draft_extend programs per SM (the shapes
+// tests/test_gpu.py::test_row_programs names: 4301 x 4096 and 1201 x 16387 give groups of 2).
 // Returns the failures.
 int row_program_failures() {
   alignas(16) static int32_t table[8], pt1[8], idx[8];
@@ -310,8 +310,8 @@ int row_program_failures() {
   check("decode 40 x 4096", Mode::decode, 40, 4096, same, 80, 1, 2);
   check("target_verify 40 x 16384 (16 KB chunks)", Mode::target_verify, 40, 16384, same, 480, 1, 4);
   check("draft_extend 40 x 4096", Mode::draft_extend, 40, 4096, same, 80, 1, 2);
-  check("draft_extend 2113 x 4096", Mode::draft_extend, 2113, 4096, same, 2114, 2, 2);
-  check("draft_extend 601 x 16387", Mode::draft_extend, 601, 16387, same, 2709, 2, 9);
+  check("draft_extend 4301 x 4096", Mode::draft_extend, 4301, 4096, same, 4302, 2, 2);
+  check("draft_extend 1201 x 16387", Mode::draft_extend, 1201, 16387, same, 5409, 2, 9);
   const int64_t none = 0;
   check("draft_extend, image before sm_90", Mode::draft_extend, 40, 4096,
         [](nsa::Inputs&, nsa::Outputs&, nsa::Params&, int&, bool& sm90) { sm90 = false; }, none, 1, 0);
