@@ -55,9 +55,6 @@ constexpr bool kExtendRowPrograms = true;
 constexpr bool kExtendRowPrograms = false;
 #endif
 
-#ifndef NSA_TV_FANOUT
-#define NSA_TV_FANOUT 0
-#endif
 #ifndef NSA_MIN_BLOCKS
 #define NSA_MIN_BLOCKS 8  // resident blocks per SM the registers allow: <= 64 each, no spills
 #endif
@@ -569,13 +566,15 @@ __device__ void page_program(const Args<kSlots>& a, int32_t g, int32_t s) {
   }
 }
 
-// Chunk j of output row o (columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk)) from source
-// row src (null: -1), every destination. Row programs run these on the general kernel for
+// Chunk j of a full-width row (columns [j * kSteps * kChunk, (j + 1) * kSteps * kChunk)):
+// load_chunk reads it from source row src (null: -1) into registers, store_chunk writes those to
+// the given rows of every destination, row_chunk does both for output row o. Row programs run these on the general kernel for
 // full-width tables (live=False) of at least kRowMin columns when every page_table_1 and
 // req_to_token row starts on 16 bytes: consecutive blocks write consecutive memory, and the rows
 // of one request, read from one source row, hit L2 after the first. (An H100 wrote such tables
 // 4-6% faster this way than with programs that write every row of their request at once:
-// benchmarks/write_floor.cu.)
+// benchmarks/write_floor.cu; draft_extend's programs do store one load to all of a request's
+// rows, extend_row_program says why.)
 template <int kSteps>
 struct ChunkValues {
   int4 v[kSteps];
@@ -602,7 +601,7 @@ __device__ inline ChunkValues<kSteps> load_chunk(const Args<kSlots>& a, const in
 
 template <Mode M, int kTables, int kSteps, int kSlots>
 __device__ inline void store_chunk(const Args<kSlots>& a, ChunkValues<kSteps>& c, Rows<M> rows, int32_t j) {
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x;  // (c is consumed: its values rotate out as they are stored)
   const int32_t n_cols = static_cast<int32_t>(a.p.max_len), nvec = n_cols / 4;
   const int32_t k0 = j * (kSteps * kThreads) + tid;
   const bool has_tail = j == a.row_chunks - 1 && tid < (n_cols & 3);
@@ -624,13 +623,6 @@ __device__ inline void row_chunk(const Args<kSlots>& a, const int32_t* src, int3
 template <Mode M, int kTables, int kSteps, int kSlots>
 __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   const int32_t o = b / a.row_chunks, j = b - o * a.row_chunks;
-#if NSA_TV_FANOUT
-  if (M == Mode::target_verify) {  // (experiment) o is the request; one load, stored to its rows
-    ChunkValues<kSteps> c = load_chunk<kSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, o)), j);
-    store_chunk<M, kTables, kSteps>(a, c, Rows<M>{o * a.p.next_n, a.p.next_n}, j);
-    return;
-  }
-#endif
   const int64_t q = load_index(a.in.req_pool_indices, M == Mode::decode ? o : o / a.p.next_n);
   row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
 }

@@ -284,7 +284,6 @@ RowPrograms row_programs(const Inputs& in, const Outputs& out, const Params& p, 
   const int64_t row_cols = int64_t{row_steps(p.mode, p.max_len)} * kChunk;
   const int64_t row_chunks = (p.max_len + row_cols - 1) / row_cols;
   int64_t per_group = 1, programs = rows;  // decode and target_verify: a program per row chunk
-  if (NSA_TV_FANOUT && p.mode == Mode::target_verify) programs = in.bs;  // (experiment)
   if (p.mode == Mode::draft_extend) {
     const int64_t target = int64_t{sms} * NSA_EXTEND_PROGRAMS_PER_SM;
     per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
