@@ -27,7 +27,10 @@ want() { [[ " $STEPS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 SGLANG=()
 if ls .whl/sglang-*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sglang-*.whl \
+  # installed for the wheel's own tags (cp311 on PyPI): only its pure-Python metadata.py is loaded
+  whl=$(ls .whl/sglang-*.whl | head -n 1); IFS=- read -r _ _ py abi plat <<< "$(basename "$whl" .whl)"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    --only-binary=:all: --implementation cp --python-version "${py#cp}" --abi "$abi" --platform "$plat" "$whl" \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && SGLANG=(--sglang)
 fi
 if ls .flashmla/*.so >/dev/null 2>&1; then
