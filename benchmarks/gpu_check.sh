@@ -5,7 +5,7 @@
 # "sglang_host" the drop-in's host cost beside SGLang's launcher, "variants" benchmarks/variants.sh
 # over VARIANTS (compile flags, '|'-separated; MATCH picks the rows); BENCH_ARGS adds options to
 # bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"; PYTEST_ARGS (paths) and PYTEST_K (-k) narrow the pytest step,
-# SUBSET the sanitizers' tests). A carried SGLang wheel in .whl/ is
+# SUBSET the sanitizers' tests, STEP_TIMEOUT seconds per step so one slow step leaves the others' logs). A carried SGLang wheel in .whl/ is
 # installed with --no-deps --target and timed beside ours (--sglang). A carried FlashMLA ops library
 # in .flashmla/ (sgl_kernel/flashmla_ops.abi3.so of the sglang-kernel 0.4.5 wheel, built for
 # torch 2.11 + CUDA 13.0) is what tests/test_gpu_schedule.py's parity test compares with.
@@ -17,7 +17,7 @@ status=()
 step() {  # step NAME CMD...: run, log to $OUT/NAME.log, keep a one-line verdict
   local name=$1; shift
   local t0=$SECONDS
-  "$@" >"$OUT/$name.log" 2>&1
+  timeout "${STEP_TIMEOUT:-3600}" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   status+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-100)")")
   return $rc
