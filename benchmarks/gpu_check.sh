@@ -13,13 +13,13 @@
 set -u -o pipefail
 OUT=${OUT:-gpu_check_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-status=()
-step() {  # step NAME CMD...: run, log to $OUT/NAME.log, keep a one-line verdict
+: > "$OUT/verdicts.txt"
+step() {  # step NAME CMD...: run, log to $OUT/NAME.log, append a one-line verdict (steps may run at once)
   local name=$1; shift
   local t0=$SECONDS
   timeout "${STEP_TIMEOUT:-3600}" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  status+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-100)")")
+  printf '%-12s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-100)" >> "$OUT/verdicts.txt"
   return $rc
 }
 STEPS=${STEPS:-build pytest ctest sanitize bench}
@@ -41,16 +41,32 @@ if want build; then
   step build env CUDAARCHS=${CUDAARCHS:-90} python3 -m pip install --no-build-isolation --no-deps -v . || { tail -40 "$OUT/build.log"; exit 1; }
   grep -E "spill|ptxas (error|warning)" "$OUT/build.log" > "$OUT/spills.txt"; echo "ptxas spill/warning lines: $(wc -l < "$OUT/spills.txt")" >> "$OUT/build.log"
 fi
-want pytest && step pytest env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_ARGS:-tests} ${PYTEST_K:+-k "$PYTEST_K"}
-want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure"
+# ctest (its own build, about 60 s) runs beside the pytest processes
+want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure" &
+# The whole suite takes over 6 minutes in one process (10,000 fuzz cases 77 s, the 16-thread plan
+# cache tests 60 s each), so by default it runs as three processes at once on the one GPU.
+pytest_=(env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_K:+-k "$PYTEST_K"})
+if want pytest && [ -n "${PYTEST_ARGS:-}" ]; then
+  step pytest "${pytest_[@]}" $PYTEST_ARGS
+elif want pytest; then
+  slow="tests/test_fuzz.py tests/test_gpu_one_path.py"
+  gpu="tests/test_gpu.py tests/test_gpu_schedule.py tests/test_prepared_graphs.py tests/test_sglang_parity.py"
+  step pytest_slow "${pytest_[@]}" $slow & step pytest_gpu "${pytest_[@]}" $gpu &
+  step pytest_rest "${pytest_[@]}" tests $(for f in $slow $gpu; do echo "--ignore=$f"; done) &
+  wait
+fi
+wait  # (ctest)
 # every mode x index dtype x live x table omission x 1 and 3 destinations, plus 16 destinations,
 # hostile values and a batch past one scan tile, with torch's caching allocator off
 # and the prepared path, the graph replays (20 under a sanitizer) and concurrent streams/threads
 SUBSET=${SUBSET:-"torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_check_true) or test_prepared_graphs.py"}
+# (the four tools at once: about 30 s together on an H100 instead of about 80 one after another)
 want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "$tool" env NSA_SANITIZE=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-    --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 >> "$OUT/sanitizer_summary.txt"
+    --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET" &
+done; wait
+want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -n 2 | sed "s/^/$tool: /" >> "$OUT/sanitizer_summary.txt"
 done
 want sglang_host && step sglang_host python3 benchmarks/sglang_host.py
 if want variants; then
@@ -61,7 +77,7 @@ want bench && step bench python3 -m nsa_metadata.cli bench --quick "${SGLANG[@]}
 want grid && step grid python3 -m nsa_metadata.cli bench "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
 echo "== $(cat "$OUT/gpu.txt")"
-printf '%s\n' "${status[@]}"
+cat "$OUT/verdicts.txt"
 cat "$OUT/sanitizer_summary.txt" 2>/dev/null
 echo
 want bench && grep -v "^\\[" "$OUT/bench.log"
