@@ -43,8 +43,9 @@ if want build; then
 fi
 # ctest (its own build, about 60 s) runs beside the pytest processes
 want ctest && step ctest bash -c "cmake -S . -B build/ctest -G Ninja -DNSA_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null && cmake --build build/ctest >/dev/null && ctest --test-dir build/ctest --output-on-failure" &
-# The whole suite takes over 6 minutes in one process (10,000 fuzz cases 77 s, the 16-thread plan
-# cache tests 60 s each), so by default it runs as three processes at once on the one GPU.
+# In one process the suite ran past 220 s at 41% on an H100 (10,000 fuzz cases take 77 s, the
+# 16-thread plan cache tests 60-66 s each), so by default it runs as three processes at once on the
+# one GPU (there: 211, 98 and 67 s side by side).
 pytest_=(env NSA_FUZZ_CASES=${NSA_FUZZ_CASES:-10000} python3 -m pytest -q -rs -p no:cacheprovider --durations=5 ${PYTEST_K:+-k "$PYTEST_K"})
 if want pytest && [ -n "${PYTEST_ARGS:-}" ]; then
   step pytest "${pytest_[@]}" $PYTEST_ARGS
@@ -60,7 +61,7 @@ wait  # (ctest)
 # hostile values and a batch past one scan tile, with torch's caching allocator off
 # and the prepared path, the graph replays (20 under a sanitizer) and concurrent streams/threads
 SUBSET=${SUBSET:-"torch and (test_matches_reference or test_hostile_values or test_sixteen_destinations or test_batch_sizes and 1025 or test_check_true) or test_prepared_graphs.py"}
-# (the four tools at once: about 30 s together on an H100 instead of about 80 one after another)
+# (the four tools at once: on an H100 each took 15-26 s so)
 want sanitize && for tool in ${SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "$tool" env NSA_SANITIZE=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
     --target-processes all python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prepared_graphs.py -k "$SUBSET" &

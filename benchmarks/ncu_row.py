@@ -8,6 +8,8 @@ import torch
 
 from nsa_metadata import bench
 
+if not torch.cuda.is_available():
+    sys.exit("ncu_row.py needs torch with a CUDA GPU")
 mode, bs, ctx, extent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 case = bench.Case(mode, bs, ctx, live=extent == "live")
 for s in range(4):
