@@ -87,6 +87,32 @@ __device__ inline void store_row(const Sink& sink, int32_t p, int32_t begin_req,
 
 // ------------------------------------------------------------------ every request of one length
 
+#ifndef NSA_FAST_DIV
+#define NSA_FAST_DIV 0  // 1: the plan's divisions by multiply and shift (Divider::fast); not yet timed on a GPU
+#endif
+
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31, d fixed on the host. A run-time int32 division is a
+// chain of about 20 dependent instructions and a part's row needs several in a row (our reading of
+// the schedule's +0.4 us at decode 1 x 4096, not profiled); fast() is one multiply and a shift:
+// m = ceil(2^(31 + l) / d) with 2^l >= d fits 32 bits, and its error m d - 2^(31 + l) < 2^l keeps
+// n m / 2^(31 + l) below the next integer for every n < 2^31 (Granlund and Montgomery's bound;
+// test_schedule checks it against plain division on the host).
+struct Divider {
+  uint32_t m;
+  int32_t shift;  // 31 + l
+  __host__ __device__ int32_t fast(int32_t n) const {
+    return static_cast<int32_t>((uint64_t{static_cast<uint32_t>(n)} * m) >> shift);
+  }
+};
+
+__host__ __device__ inline Divider make_divider(int32_t d) {
+  if (d < 1) d = 1;  // (a plan's unused divisor: D without an anchor, q without requests)
+  int l = 0;
+  while ((int64_t{1} << l) < d) ++l;
+  const uint64_t m = ((uint64_t{1} << (31 + l)) + static_cast<uint64_t>(d) - 1) / static_cast<uint64_t>(d);
+  return {static_cast<uint32_t>(m), 31 + l};
+}
+
 // Every request has n blocks (FlashMLA without topk_length: n = num_blocks(topk)). From an anchor
 // the first window that holds a boundary is the G-th, D requests on; every anchor repeats it.
 // Computed once per (length, bs, parts), on the host or in one thread.
@@ -98,7 +124,31 @@ struct UniformPlan {
   int32_t q;      // ceil(total / parts): every part moves at least this far
   int32_t G;      // parts from an anchor to the next (parts + 1: no next anchor)
   int32_t D;      // requests from an anchor to the next
+#if NSA_FAST_DIV  // (only then: the default plan stays as it was)
+  Divider by[4];  // the divisions by c, q, G and D (plan_div)
+#endif
 };
+
+enum PlanDivisor : int { kByC = 0, kByQ = 1, kByG = 2, kByD = 3 };
+
+// n / (u.c, u.q, u.G or u.D) for 0 <= n < 2^31.
+template <PlanDivisor k>
+__host__ __device__ inline int32_t plan_div(const UniformPlan& u, int32_t n) {
+#if NSA_FAST_DIV
+  return u.by[k].fast(n);
+#else
+  return n / (k == kByC ? u.c : k == kByQ ? u.q : k == kByG ? u.G : u.D);
+#endif
+}
+
+// p % u.G for 0 <= p < 2^31.
+__host__ __device__ inline int32_t plan_mod_G(const UniformPlan& u, int32_t p) {
+#if NSA_FAST_DIV
+  return p - u.by[kByG].fast(p) * u.G;
+#else
+  return p % u.G;
+#endif
+}
 
 __host__ __device__ inline UniformPlan uniform_plan(int32_t length, int32_t bs, int32_t parts) {
   UniformPlan u;
@@ -119,13 +169,19 @@ __host__ __device__ inline UniformPlan uniform_plan(int32_t length, int32_t bs, 
       break;
     }
   }
+#if NSA_FAST_DIV
+  u.by[kByC] = make_divider(u.c);
+  u.by[kByQ] = make_divider(u.q);
+  u.by[kByG] = make_divider(u.G);
+  u.by[kByD] = make_divider(u.D);
+#endif
   return u;
 }
 
 // Where part p (0 <= p <= parts) starts; *anchor gets the position of its anchor.
 __host__ __device__ inline int32_t uniform_start(const UniformPlan& u, int32_t p, int32_t* anchor) {
-  const int64_t a = int64_t{p / u.G} * u.D * u.c;
-  const int64_t x = a + int64_t{p % u.G} * u.q;
+  const int64_t a = int64_t{plan_div<kByG>(u, p)} * u.D * u.c;
+  const int64_t x = a + int64_t{plan_mod_G(u, p)} * u.q;
   *anchor = a < u.total ? static_cast<int32_t>(a) : u.total;
   return x < u.total ? static_cast<int32_t>(x) : u.total;
 }
@@ -134,10 +190,10 @@ __host__ __device__ inline int32_t uniform_start(const UniformPlan& u, int32_t p
 __host__ __device__ inline void uniform_row(const UniformPlan& u, int32_t p, int32_t row[kWidth]) {
   int32_t a0, a1;
   const int32_t s0 = uniform_start(u, p, &a0), s1 = uniform_start(u, p + 1, &a1);
-  const int32_t r0 = s0 / u.c, b0 = s0 - r0 * u.c;  // request and block where p starts
-  const int32_t r1 = s1 / u.c, b1 = s1 - r1 * u.c;  // ... and where it ends (p + 1 starts)
+  const int32_t r0 = plan_div<kByC>(u, s0), b0 = s0 - r0 * u.c;  // request and block where p starts
+  const int32_t r1 = plan_div<kByC>(u, s1), b1 = s1 - r1 * u.c;  // ... and where it ends (p + 1 starts)
   // split index: t - (the parts of this anchor that start at or before the request's start)
-  const int32_t split = b0 > 0 ? p % u.G - (r0 * u.c - a0) / u.q : 0;
+  const int32_t split = b0 > 0 ? plan_mod_G(u, p) - plan_div<kByQ>(u, r0 * u.c - a0) : 0;
   bool first = b0 > 0, last = b1 > 0;
   const int32_t end_req = b1 > 0 ? r1 : r1 - 1;
   if (r0 == end_req) first = last = first || last;
@@ -154,11 +210,11 @@ __host__ __device__ inline void uniform_row(const UniformPlan& u, int32_t p, int
 // num_splits[k] (0 <= k <= bs): k + the parts that start inside a request before boundary k.
 __host__ __device__ inline int32_t uniform_num_splits(const UniformPlan& u, int32_t k) {
   if (k == 0) return 0;
-  const int32_t i = u.G <= u.parts ? k / u.D : 0;  // the anchor at or before boundary k
+  const int32_t i = u.G <= u.parts ? plan_div<kByD>(u, k) : 0;  // the anchor at or before boundary k
   const int32_t r = k - i * u.D;
   int32_t inside = i * (u.G - 1);                   // the split starts of the anchors before
   if (r > 0) {                                      // ... and of anchor i below r * c past it
-    const int32_t t = (r * u.c - 1) / u.q;
+    const int32_t t = plan_div<kByQ>(u, r * u.c - 1);
     inside += t < u.G - 1 ? t : u.G - 1;
   }
   return k + inside;

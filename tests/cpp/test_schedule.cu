@@ -114,8 +114,39 @@ void check_uniform(int32_t length, int32_t bs, int32_t parts) {
        name("host uniform", kind.c_str(), bs, parts));
 }
 
-int host_uniform_checks() {
+// Divider::fast (the closed form's divisions with NSA_FAST_DIV=1) against plain division: every divisor near a power of two
+// and random ones, each with the dividends that sit next to its multiples, at 0 and near 2^31.
+int divider_checks() {
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> ds;
+  for (int l = 0; l <= 31; ++l)
+    for (long long d : {(1LL << l) - 1, 1LL << l, (1LL << l) + 1})
+      if (d >= 1 && d <= 2147483647) ds.push_back(static_cast<int32_t>(d));
+  for (int k = 0; k < 2000; ++k) ds.push_back(static_cast<int32_t>(rng() % 2147483647 + 1));
+  for (int k = 1; k <= 200; ++k) ds.push_back(k);
   int cases = 0;
+  for (const int32_t d : ds) {
+    const sc::Divider by = sc::make_divider(d);
+    std::vector<long long> ns = {0, 1, 2147483646, 2147483647, d - 1LL, d, d + 1LL};
+    for (int k = 0; k < 50; ++k) {
+      const long long m = static_cast<long long>(rng() % (2147483647LL / d + 1)) * d;
+      ns.insert(ns.end(), {m - 1, m, m + 1});
+    }
+    for (int k = 0; k < 50; ++k) ns.push_back(static_cast<long long>(rng() % 2147483648ULL));
+    for (const long long n : ns) {
+      if (n < 0 || n > 2147483647) continue;
+      ++cases;
+      const int32_t n32 = static_cast<int32_t>(n);
+      if (by.fast(n32) != n32 / d) {
+        if (++failures <= 10) std::printf("FAIL divider: %d / %d gave %d\n", n32, d, by.fast(n32));
+      }
+    }
+  }
+  return cases;
+}
+
+int host_uniform_checks() {
+  int cases = divider_checks();
   for (int32_t length : {0, 1, 63, 64, 65, 2048, 4096, 1 << 20})
     for (int32_t bs = 0; bs <= 300; bs += (bs < 40 ? 1 : 37))
       for (int32_t parts = 1; parts <= 148; parts += (parts < 20 ? 1 : 9), ++cases)
