@@ -3,7 +3,8 @@
 # Usage (repo root, on the device): [STEPS="build pytest ctest sanitize bench"] bash benchmarks/gpu_check.sh
 # (those five steps by default; "grid" adds the full benchmark grid with its JSON and PNG,
 # "sglang_host" the drop-in's host cost beside SGLang's launcher, "variants" benchmarks/variants.sh
-# over VARIANTS (compile flags, '|'-separated; MATCH picks the rows); BENCH_ARGS adds options to
+# over VARIANTS (compile flags, '|'-separated; MATCH picks the rows, ROUNDS repeats them), "ncu"
+# Nsight Compute's counters for NCU_ROWS (benchmarks/ncu_row.py's arguments, ';'-separated); BENCH_ARGS adds options to
 # bench and grid, e.g. BENCH_ARGS="--gpu-only --match @"; PYTEST_ARGS (paths) and PYTEST_K (-k) narrow the pytest step,
 # SUBSET the sanitizers' tests, STEP_TIMEOUT seconds per step so one slow step leaves the others' logs). A carried SGLang wheel in .whl/ is
 # installed with --no-deps --target and timed beside ours (--sglang). A carried FlashMLA ops library
@@ -74,6 +75,16 @@ if want variants; then
   IFS='|' read -r -a flag_sets <<< "${VARIANTS:-|-DNSA_ROW_PROGRAMS=0}"
   step variants bash benchmarks/variants.sh "${flag_sets[@]}"
 fi
+if want ncu; then
+  IFS=';' read -r -a ncu_rows <<< "${NCU_ROWS:-draft_extend 4096 4096 full;target_verify 4096 4096 full}"
+  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,launch__grid_size
+  for row in "${ncu_rows[@]}"; do
+    echo "== $row" >> "$OUT/ncu.log"
+    timeout "${STEP_TIMEOUT:-3600}" ncu --kernel-name regex:metadata_kernel --launch-skip 3 --launch-count 1 --metrics "$metrics" \
+      python3 benchmarks/ncu_row.py $row 2>&1 | grep -E "^==|metadata_kernel|__|MB" >> "$OUT/ncu.log"
+  done
+  echo "ncu           $(grep -c gpu__time_duration "$OUT/ncu.log") profiles" >> "$OUT/verdicts.txt"
+fi
 want bench && step bench python3 -m nsa_metadata.cli bench --quick "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench_quick.json"
 want grid && step grid python3 -m nsa_metadata.cli bench "${SGLANG[@]}" ${BENCH_ARGS:-} --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
@@ -84,4 +95,5 @@ echo
 want bench && grep -v "^\\[" "$OUT/bench.log"
 want grid && cat "$OUT/grid.log"
 want sglang_host && cat "$OUT/sglang_host.log"
+want ncu && cat "$OUT/ncu.log"
 want variants && cat "$OUT/variants.log"

@@ -38,10 +38,16 @@ constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 
 // for tables of at least 16384 columns, else 4. (H100, full width: 16 KB took target_verify
 // 1024 x 32768 from 1.10x to 1.08x the copy floor but 4096 x 4096 from 1.12x to 1.20x, and decode
 // 1024 x 32768 from 0.85x to 0.86x.)
-constexpr int kRowSteps = 4, kWideRowSteps = 8;
+#ifndef NSA_NARROW_ROW_STEPS
+#define NSA_NARROW_ROW_STEPS 4  // decode and target_verify below 16384 columns (benchmarks/variants.sh)
+#endif
+constexpr int kRowSteps = 4, kWideRowSteps = 8, kNarrowRowSteps = NSA_NARROW_ROW_STEPS;
 constexpr int64_t kRowMin = 4096;  // narrower tables keep the page programs (gains measured from 4096)
 __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
-  return mode == Mode::target_verify && max_len >= 16384 ? kWideRowSteps : kRowSteps;
+  return mode == Mode::draft_extend ? kRowSteps
+         : max_len < 16384          ? kNarrowRowSteps
+         : mode == Mode::target_verify ? kWideRowSteps
+                                       : kRowSteps;
 }
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
@@ -677,6 +683,8 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
     } else if constexpr (M != Mode::draft_extend && (kTables & kPageTable1) != 0) {
       if (a.row_chunks > 0 && row_steps(M, a.p.max_len) == kWideRowSteps) {
         row_program<M, kTables, kWideRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
+      } else if (kNarrowRowSteps != kRowSteps && a.row_chunks > 0 && row_steps(M, a.p.max_len) == kNarrowRowSteps) {
+        row_program<M, kTables, kNarrowRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else if (a.row_chunks > 0) {
         row_program<M, kTables, kRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else {
