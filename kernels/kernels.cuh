@@ -49,6 +49,15 @@ __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
          : mode == Mode::target_verify ? kWideRowSteps
                                        : kRowSteps;
 }
+#ifndef NSA_EXTEND_FOLD
+#define NSA_EXTEND_FOLD 1  // chunks per draft_extend row program (benchmarks/variants.sh; > 1 untimed)
+#endif
+constexpr int kExtendFold = NSA_EXTEND_FOLD;
+// draft_extend's row programs per group of requests, for row_chunks chunks a row: kExtendFold
+// chunks share one program, and so one sum of the rows before its group.
+__host__ __device__ constexpr int64_t extend_programs(int64_t row_chunks) {
+  return (row_chunks + kExtendFold - 1) / kExtendFold;
+}
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
 
@@ -643,10 +652,34 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
 template <int kTables, int kSlots>
 __device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
   constexpr Mode M = Mode::draft_extend;
+  static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
+#if NSA_EXTEND_FOLD > 1
+  // chunks [j0, j0 + kExtendFold) of the group's rows (b = g * extend_programs(row_chunks) +
+  // j0 / kExtendFold); rows in 32 bits (a request's rows are int32 and r never passes a.rows),
+  // which the registers need
+  const int32_t per = static_cast<int32_t>(extend_programs(a.row_chunks));
+  const int32_t g = b / per, j0 = (b - g * per) * kExtendFold;
+  const int32_t i0 = g * a.per_group;  // < bs
+  const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
+  ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j0);
+  const int64_t before = rows_before(a, i0);
+  const int32_t r0 = static_cast<int32_t>(before < a.rows ? before : a.rows);
+#pragma unroll
+  for (int f = 0; f < kExtendFold; ++f) {  // (the group's requests again for each chunk)
+    const int32_t j = j0 + f;
+    if (f > 0 && j >= a.row_chunks) break;
+    for (int32_t i = i0, r = r0; i < i1 && r < a.rows; ++i) {
+      if (f > 0 || i > i0) c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i)), j);
+      const int32_t n = static_cast<int32_t>(rows_of<M>(a.in, a.p.next_n, i));
+      const int32_t end = n < a.rows - r ? r + n : a.rows;
+      if (end > r) store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{r, end - r}, j);
+      r = end;
+    }
+  }
+#else
   const int32_t g = b / a.row_chunks, j = b - g * a.row_chunks;
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
-  static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
   ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j);
   int64_t r = rows_before(a, i0);
   for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
@@ -658,6 +691,7 @@ __device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
     }
     r += n;
   }
+#endif
 }
 
 template <Mode M, int kTables, int kSlots>
