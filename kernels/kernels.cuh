@@ -642,56 +642,39 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
 }
 
-// Row program b of draft_extend: chunk j of every row of the requests of group g (b = g *
-// row_chunks + j), kRowSteps wide; each request's chunk is loaded once and stored to all its rows
-// (H100, full width, 256 x 32768: 62.4 us; a load per row read 65.3 in an earlier run). A row finds
-// its request only through the sum of extend_lens before it, so a program sums the rows before
-// its group once (O(bs) reads, with its first load in flight) and walks the group's requests
-// from there; the launcher bounds the programs (groups x row_chunks) by the size of the chip,
-// which bounds those reads.
+// Row program b of draft_extend: chunks [j0, j0 + kExtendFold) of every row of the requests of
+// group g (b = g * extend_programs(row_chunks) + j0 / kExtendFold; one chunk by default),
+// kRowSteps wide; each request's chunk is loaded once and stored to all its rows (H100, full
+// width, 256 x 32768: 62.4 us; a load per row read 65.3 in an earlier run). A row finds its
+// request only through the sum of extend_lens before it, so a program sums the rows before its
+// group once (O(bs) reads, with its first load in flight) and walks the group's requests from
+// there, once per chunk; the launcher bounds the programs by the size of the chip, which bounds
+// those reads.
 template <int kTables, int kSlots>
 __device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
   constexpr Mode M = Mode::draft_extend;
   static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
-#if NSA_EXTEND_FOLD > 1
-  // chunks [j0, j0 + kExtendFold) of the group's rows (b = g * extend_programs(row_chunks) +
-  // j0 / kExtendFold); rows in 32 bits (a request's rows are int32 and r never passes a.rows),
-  // which the registers need
   const int32_t per = static_cast<int32_t>(extend_programs(a.row_chunks));
   const int32_t g = b / per, j0 = (b - g * per) * kExtendFold;
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
   ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j0);
-  const int64_t before = rows_before(a, i0);
-  const int32_t r0 = static_cast<int32_t>(before < a.rows ? before : a.rows);
+  const int64_t r0 = rows_before(a, i0);
 #pragma unroll
   for (int f = 0; f < kExtendFold; ++f) {  // (the group's requests again for each chunk)
     const int32_t j = j0 + f;
     if (f > 0 && j >= a.row_chunks) break;
-    for (int32_t i = i0, r = r0; i < i1 && r < a.rows; ++i) {
+    int64_t r = r0;
+    for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
       if (f > 0 || i > i0) c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i)), j);
-      const int32_t n = static_cast<int32_t>(rows_of<M>(a.in, a.p.next_n, i));
-      const int32_t end = n < a.rows - r ? r + n : a.rows;
-      if (end > r) store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{r, end - r}, j);
-      r = end;
+      const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
+      const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
+      if (end > r) {
+        store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{static_cast<int32_t>(r), end - static_cast<int32_t>(r)}, j);
+      }
+      r += n;
     }
   }
-#else
-  const int32_t g = b / a.row_chunks, j = b - g * a.row_chunks;
-  const int32_t i0 = g * a.per_group;  // < bs
-  const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
-  ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j);
-  int64_t r = rows_before(a, i0);
-  for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
-    if (i > i0) c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i)), j);
-    const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
-    const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
-    if (end > r) {
-      store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{static_cast<int32_t>(r), end - static_cast<int32_t>(r)}, j);
-    }
-    r += n;
-  }
-#endif
 }
 
 template <Mode M, int kTables, int kSlots>

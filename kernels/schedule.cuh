@@ -91,9 +91,10 @@ __device__ inline void store_row(const Sink& sink, int32_t p, int32_t begin_req,
 #define NSA_FAST_DIV 0  // 1: the plan's divisions by multiply and shift (Divider::fast); not yet timed on a GPU
 #endif
 
-// n / d for 0 <= n < 2^31 and 1 <= d < 2^31, d fixed on the host. A run-time int32 division is a
-// chain of about 20 dependent instructions and a part's row needs several in a row (our reading of
-// the schedule's +0.4 us at decode 1 x 4096, not profiled); fast() is one multiply and a shift:
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31, d fixed on the host. The GPU has no integer divide
+// instruction, so a run-time int32 division is a sequence of dependent ones, and a part's row
+// needs several in a row (our reading of the schedule's +0.4 us at decode 1 x 4096, neither
+// profiled nor counted in SASS); fast() is one multiply and a shift:
 // m = ceil(2^(31 + l) / d) with 2^l >= d fits 32 bits, and its error m d - 2^(31 + l) < 2^l keeps
 // n m / 2^(31 + l) below the next integer for every n < 2^31 (Granlund and Montgomery's bound;
 // test_schedule checks it against plain division on the host).

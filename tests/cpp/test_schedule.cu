@@ -146,7 +146,9 @@ int divider_checks() {
 }
 
 int host_uniform_checks() {
-  int cases = divider_checks();
+  const int divider_cases = divider_checks();
+  std::printf("host: %d divider cases\n", divider_cases);
+  int cases = 0;
   for (int32_t length : {0, 1, 63, 64, 65, 2048, 4096, 1 << 20})
     for (int32_t bs = 0; bs <= 300; bs += (bs < 40 ? 1 : 37))
       for (int32_t parts = 1; parts <= 148; parts += (parts < 20 ? 1 : 9), ++cases)
