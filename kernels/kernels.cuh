@@ -379,22 +379,54 @@ __device__ inline const int32_t* source_row(const Inputs& in, int64_t q) {
   return q >= 0 && q < in.pool_rows ? in.req_to_token + q * in.row_stride : nullptr;
 }
 
+#ifndef NSA_VEC_ROWS_BEFORE
+#define NSA_VEC_ROWS_BEFORE 0  // rows_before on 16-byte loads where it can (benchmarks/variants.sh; untimed)
+#endif
+
+// This thread's part of sum(max(int32(e[:i0]), 0)) for a contiguous extend_lens on 16 bytes: a
+// 16-byte load holds 4 int32 values or 2 int64 ones, of which only the low words count (int32()
+// wraps), kInFlight loads in flight per round trip.
+template <bool kIs64>
+__device__ inline long long rows_part_vec(const void* data, int32_t i0) {
+  constexpr int kPer = kIs64 ? 2 : 4, kInFlight = 4;
+  const int4* v = static_cast<const int4*>(data);
+  const int32_t nv = i0 / kPer;
+  const auto rows = [](int32_t e) { return static_cast<long long>(e > 0 ? e : 0); };
+  long long s = 0;
+  for (int32_t k = threadIdx.x; k < nv; k += kInFlight * kThreads) {
+    int4 x[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) x[u] = k + u * kThreads < nv ? __ldg(v + k + u * kThreads) : int4{};
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) s += kIs64 ? rows(x[u].x) + rows(x[u].z) : rows(x[u].x) + rows(x[u].y) + rows(x[u].z) + rows(x[u].w);
+  }
+  const int32_t k = nv * kPer + static_cast<int32_t>(threadIdx.x);  // the last i0 % kPer values
+  if (k < i0) s += kIs64 ? rows(static_cast<int32_t>(__ldg(static_cast<const long long*>(data) + k)))
+                         : rows(__ldg(static_cast<const int32_t*>(data) + k));
+  return s;
+}
+
 // p[i0] = sum(max(extend_lens[:i0], 0)) (draft_extend), summed by the whole block.
 template <int kSlots>
 __device__ int64_t rows_before(const Args<kSlots>& a, int32_t i0) {
   __shared__ long long warp_sum[kWarps];
-  constexpr int kInFlight = 8;  // independent loads per thread per round trip
-  long long part[kInFlight] = {};
-  for (int64_t k = threadIdx.x; k < i0; k += kInFlight * kThreads) {  // (64-bit: no wrap near INT32_MAX)
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int64_t kk = k + u * kThreads;
-      if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
-    }
-  }
+  const IndexArray& ext = a.in.extend_lens;
   long long s = 0;
+  if (NSA_VEC_ROWS_BEFORE && ext.stride == 1 && (reinterpret_cast<uintptr_t>(ext.data) & 15) == 0) {
+    s = ext.is64 ? rows_part_vec<true>(ext.data, i0) : rows_part_vec<false>(ext.data, i0);
+  } else {
+    constexpr int kInFlight = 8;  // independent loads per thread per round trip
+    long long part[kInFlight] = {};
+    for (int64_t k = threadIdx.x; k < i0; k += kInFlight * kThreads) {  // (64-bit: no wrap near INT32_MAX)
 #pragma unroll
-  for (int u = 0; u < kInFlight; ++u) s += part[u];
+      for (int u = 0; u < kInFlight; ++u) {
+        const int64_t kk = k + u * kThreads;
+        if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) s += part[u];
+  }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(~0u, s, off);
   if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = s;
