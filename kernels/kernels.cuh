@@ -398,11 +398,14 @@ __device__ inline long long rows_part_vec(const void* data, int32_t i0) {
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) x[u] = k + u * kThreads < nv ? __ldg(v + k + u * kThreads) : int4{};
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) s += kIs64 ? rows(x[u].x) + rows(x[u].z) : rows(x[u].x) + rows(x[u].y) + rows(x[u].z) + rows(x[u].w);
+    for (int u = 0; u < kInFlight; ++u)
+      s += kIs64 ? rows(x[u].x) + rows(x[u].z) : rows(x[u].x) + rows(x[u].y) + rows(x[u].z) + rows(x[u].w);
   }
-  const int32_t k = nv * kPer + static_cast<int32_t>(threadIdx.x);  // the last i0 % kPer values
-  if (k < i0) s += kIs64 ? rows(static_cast<int32_t>(__ldg(static_cast<const long long*>(data) + k)))
-                         : rows(__ldg(static_cast<const int32_t*>(data) + k));
+  // the last i0 % kPer values (compared as a count: no int32 wrap near INT32_MAX)
+  const int32_t t = static_cast<int32_t>(threadIdx.x), k = nv * kPer + t;
+  if (t < i0 - nv * kPer)
+    s += kIs64 ? rows(static_cast<int32_t>(__ldg(static_cast<const long long*>(data) + k)))
+               : rows(__ldg(static_cast<const int32_t*>(data) + k));
   return s;
 }
 
