@@ -385,10 +385,10 @@ __device__ inline const int32_t* source_row(const Inputs& in, int64_t q) {
 
 // This thread's part of sum(max(int32(e[:i0]), 0)) for a contiguous extend_lens on 16 bytes: a
 // 16-byte load holds 4 int32 values or 2 int64 ones, of which only the low words count (int32()
-// wraps), kInFlight loads in flight per round trip.
+// wraps), kInFlight loads in flight per round trip: 2048 values either way, twice the plain loop's.
 template <bool kIs64>
 __device__ inline long long rows_part_vec(const void* data, int32_t i0) {
-  constexpr int kPer = kIs64 ? 2 : 4, kInFlight = 4;
+  constexpr int kPer = kIs64 ? 2 : 4, kInFlight = kIs64 ? 8 : 4;
   const int4* v = static_cast<const int4*>(data);
   const int32_t nv = i0 / kPer;
   const auto rows = [](int32_t e) { return static_cast<long long>(e > 0 ? e : 0); };
