@@ -172,8 +172,8 @@ int main() {
   CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   struct Case { int rows, cols, copies; };
   const Case cases[] = {{4096, 4096, 1}, {4096, 4096, 4}, {1024, 32768, 1}, {1024, 32768, 4}, {256, 32768, 4}};
-  std::printf("%-14s %6s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "rows x cols", "copies", "MB", "copy",
-              "memset", "fan u2", "perm u2", "perm u4", "u2 8/SM", "pipe", "dest u4", "dest 1/t", "bulk4x8K",
+  std::printf("%-14s %6s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "rows x cols", "copies", "MB", "copy",
+              "memset", "fan u2", "perm u2", "perm u4", "u2 8/SM", "pipe", "dest u4", "dest 1/t", "d1/t 8", "d1/t 12", "bulk4x8K",
               "bulk3x16K", "x copy");
   for (const Case& c : cases) {
     const size_t src_bytes = size_t{4} * c.rows * c.cols, dst_bytes = src_bytes * c.copies;
@@ -224,6 +224,27 @@ int main() {
     CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
     const float dest1 = fan(fan_out_by_dest<4>, static_cast<int>(std::min(dest_steps, 1LL << 30)));
     if (!same_as_fan_out()) std::printf("destination-major (a block per step) kernel wrong!\n");
+    // the same at 8 and 12 resident blocks per SM (our kernel's occupancy is the register limit:
+    // 8 at 64 registers, 12 at 40): unused dynamic shared memory holds the others back
+    const auto dest1_at = [&](int per_sm) {
+      const auto kernel = fan_out_by_dest<4>;
+      CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+      int smem = 0, resident = 0;
+      for (;; smem += 1024) {
+        CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, 128, smem));
+        if (resident <= per_sm) break;
+      }
+      if (resident != per_sm) std::printf("dest 1/t at %d/SM: %d resident\n", per_sm, resident);
+      CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
+      const float us = time_us([&] {
+        kernel<<<static_cast<int>(std::min(dest_steps, 1LL << 30)), 128, smem>>>(
+            static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4, c.copies);
+        CHECK_CUDA(cudaGetLastError());
+      });
+      if (!same_as_fan_out()) std::printf("destination-major at %d/SM wrong!\n", per_sm);
+      return us;
+    };
+    const float dest1_8 = dest1_at(8), dest1_12 = dest1_at(12);
     auto bulk = [&](auto kernel, int smem) {
       CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       int per_sm = 0;
@@ -242,8 +263,8 @@ int main() {
       });
     };
     const float b8 = bulk(fan_out_bulk<4, 8192>, 4 * 8192), b16 = bulk(fan_out_bulk<3, 16384>, 3 * 16384);
-    std::printf("%5d x %-7d %6d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.2f\n",
-                c.rows, c.cols, c.copies, total / 1e6, copy, set, f2, p2, p4, eight, pipe, dest4, dest1, b8, b16,
+    std::printf("%5d x %-7d %6d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.2f\n",
+                c.rows, c.cols, c.copies, total / 1e6, copy, set, f2, p2, p4, eight, pipe, dest4, dest1, dest1_8, dest1_12, b8, b16,
                 std::min({f2, p2, p4, eight, pipe, dest4, dest1, b8, b16}) / copy);
     for (void* p : {src, dst, a, b, static_cast<void*>(perm)}) CHECK_CUDA(cudaFree(p));
   }

@@ -88,7 +88,8 @@ __device__ inline void store_row(const Sink& sink, int32_t p, int32_t begin_req,
 // ------------------------------------------------------------------ every request of one length
 
 #ifndef NSA_FAST_DIV
-#define NSA_FAST_DIV 0  // 1: the plan's divisions by multiply and shift (Divider::fast); not yet timed on a GPU
+#define NSA_FAST_DIV 1  // the plan's divisions by multiply and shift (Divider::fast); 0: plain division
+                        // (H100, decode 1 x 4096 live with the schedule: 1.12x the copy floor against 1.21x)
 #endif
 
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31, d fixed on the host. The GPU has no integer divide
@@ -125,7 +126,7 @@ struct UniformPlan {
   int32_t q;      // ceil(total / parts): every part moves at least this far
   int32_t G;      // parts from an anchor to the next (parts + 1: no next anchor)
   int32_t D;      // requests from an anchor to the next
-#if NSA_FAST_DIV  // (only then: the default plan stays as it was)
+#if NSA_FAST_DIV
   Divider by[4];  // the divisions by c, q, G and D (plan_div)
 #endif
 };
