@@ -37,26 +37,11 @@ constexpr int kChunk = kThreads * 4;  // page_table_1 columns per program step: 
 // A row program's steps (kChunk columns each), all in flight together: 8 (16 KB) in target_verify
 // for tables of at least 16384 columns, else 4. (H100, full width: 16 KB took target_verify
 // 1024 x 32768 from 1.10x to 1.08x the copy floor but 4096 x 4096 from 1.12x to 1.20x, and decode
-// 1024 x 32768 from 0.85x to 0.86x.)
-#ifndef NSA_NARROW_ROW_STEPS
-#define NSA_NARROW_ROW_STEPS 4  // decode and target_verify below 16384 columns (benchmarks/variants.sh)
-#endif
-constexpr int kRowSteps = 4, kWideRowSteps = 8, kNarrowRowSteps = NSA_NARROW_ROW_STEPS;
+// 1024 x 32768 from 0.85x to 0.86x; 4 KB, 2 steps, took target_verify 4096 x 4096 to 1.34x.)
+constexpr int kRowSteps = 4, kWideRowSteps = 8;
 constexpr int64_t kRowMin = 4096;  // narrower tables keep the page programs (gains measured from 4096)
 __host__ __device__ constexpr int row_steps(Mode mode, int64_t max_len) {
-  return mode == Mode::draft_extend ? kRowSteps
-         : max_len < 16384          ? kNarrowRowSteps
-         : mode == Mode::target_verify ? kWideRowSteps
-                                       : kRowSteps;
-}
-#ifndef NSA_EXTEND_FOLD
-#define NSA_EXTEND_FOLD 1  // chunks per draft_extend row program (benchmarks/variants.sh; > 1 untimed)
-#endif
-constexpr int kExtendFold = NSA_EXTEND_FOLD;
-// draft_extend's row programs per group of requests, for row_chunks chunks a row: kExtendFold
-// chunks share one program, and so one sum of the rows before its group.
-__host__ __device__ constexpr int64_t extend_programs(int64_t row_chunks) {
-  return (row_chunks + kExtendFold - 1) / kExtendFold;
+  return mode == Mode::target_verify && max_len >= 16384 ? kWideRowSteps : kRowSteps;
 }
 constexpr int kUnroll = 2;            // program steps in flight per thread (H100: 2 and 4 tie on
                                       // bandwidth; 2 is 0.1-0.3 us faster at small batches)
@@ -379,57 +364,22 @@ __device__ inline const int32_t* source_row(const Inputs& in, int64_t q) {
   return q >= 0 && q < in.pool_rows ? in.req_to_token + q * in.row_stride : nullptr;
 }
 
-#ifndef NSA_VEC_ROWS_BEFORE
-#define NSA_VEC_ROWS_BEFORE 0  // rows_before on 16-byte loads where it can (benchmarks/variants.sh; untimed)
-#endif
-
-// This thread's part of sum(max(int32(e[:i0]), 0)) for a contiguous extend_lens on 16 bytes: a
-// 16-byte load holds 4 int32 values or 2 int64 ones, of which only the low words count (int32()
-// wraps), kInFlight loads in flight per round trip: 2048 values either way, twice the plain loop's.
-template <bool kIs64>
-__device__ inline long long rows_part_vec(const void* data, int32_t i0) {
-  constexpr int kPer = kIs64 ? 2 : 4, kInFlight = kIs64 ? 8 : 4;
-  const int4* v = static_cast<const int4*>(data);
-  const int32_t nv = i0 / kPer;
-  const auto rows = [](int32_t e) { return static_cast<long long>(e > 0 ? e : 0); };
-  long long s = 0;
-  for (int32_t k = threadIdx.x; k < nv; k += kInFlight * kThreads) {
-    int4 x[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) x[u] = k + u * kThreads < nv ? __ldg(v + k + u * kThreads) : int4{};
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u)
-      s += kIs64 ? rows(x[u].x) + rows(x[u].z) : rows(x[u].x) + rows(x[u].y) + rows(x[u].z) + rows(x[u].w);
-  }
-  // the last i0 % kPer values (compared as a count: no int32 wrap near INT32_MAX)
-  const int32_t t = static_cast<int32_t>(threadIdx.x), k = nv * kPer + t;
-  if (t < i0 - nv * kPer)
-    s += kIs64 ? rows(static_cast<int32_t>(__ldg(static_cast<const long long*>(data) + k)))
-               : rows(__ldg(static_cast<const int32_t*>(data) + k));
-  return s;
-}
-
 // p[i0] = sum(max(extend_lens[:i0], 0)) (draft_extend), summed by the whole block.
 template <int kSlots>
 __device__ int64_t rows_before(const Args<kSlots>& a, int32_t i0) {
   __shared__ long long warp_sum[kWarps];
-  const IndexArray& ext = a.in.extend_lens;
-  long long s = 0;
-  if (NSA_VEC_ROWS_BEFORE && ext.stride == 1 && (reinterpret_cast<uintptr_t>(ext.data) & 15) == 0) {
-    s = ext.is64 ? rows_part_vec<true>(ext.data, i0) : rows_part_vec<false>(ext.data, i0);
-  } else {
-    constexpr int kInFlight = 8;  // independent loads per thread per round trip
-    long long part[kInFlight] = {};
-    for (int64_t k = threadIdx.x; k < i0; k += kInFlight * kThreads) {  // (64-bit: no wrap near INT32_MAX)
+  constexpr int kInFlight = 8;  // independent loads per thread per round trip
+  long long part[kInFlight] = {};
+  for (int64_t k = threadIdx.x; k < i0; k += kInFlight * kThreads) {  // (64-bit: no wrap near INT32_MAX)
 #pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const int64_t kk = k + u * kThreads;
-        if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
-      }
+    for (int u = 0; u < kInFlight; ++u) {
+      const int64_t kk = k + u * kThreads;
+      if (kk < i0) part[u] += rows_of<Mode::draft_extend>(a.in, 1, kk);
     }
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) s += part[u];
   }
+  long long s = 0;
+#pragma unroll
+  for (int u = 0; u < kInFlight; ++u) s += part[u];
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(~0u, s, off);
   if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = s;
@@ -677,38 +627,30 @@ __device__ void row_program(const Args<kSlots>& a, int32_t b) {
   row_chunk<M, kTables, kSteps>(a, source_row(a.in, q), o, j);
 }
 
-// Row program b of draft_extend: chunks [j0, j0 + kExtendFold) of every row of the requests of
-// group g (b = g * extend_programs(row_chunks) + j0 / kExtendFold; one chunk by default),
-// kRowSteps wide; each request's chunk is loaded once and stored to all its rows (H100, full
-// width, 256 x 32768: 62.4 us; a load per row read 65.3 in an earlier run). A row finds its
-// request only through the sum of extend_lens before it, so a program sums the rows before its
-// group once (O(bs) reads, with its first load in flight) and walks the group's requests from
-// there, once per chunk; the launcher bounds the programs by the size of the chip, which bounds
-// those reads.
+// Row program b of draft_extend: chunk j of every row of the requests of group g (b = g *
+// row_chunks + j), kRowSteps wide; each request's chunk is loaded once and stored to all its rows
+// (H100, full width, 256 x 32768: 62.4 us; a load per row read 65.3 in an earlier run). A row finds
+// its request only through the sum of extend_lens before it, so a program sums the rows before
+// its group once (O(bs) reads, with its first load in flight) and walks the group's requests
+// from there; the launcher bounds the programs (groups x row_chunks) by the size of the chip,
+// which bounds those reads.
 template <int kTables, int kSlots>
 __device__ void extend_row_program(const Args<kSlots>& a, int32_t b) {
   constexpr Mode M = Mode::draft_extend;
-  static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
-  const int32_t per = static_cast<int32_t>(extend_programs(a.row_chunks));
-  const int32_t g = b / per, j0 = (b - g * per) * kExtendFold;
+  const int32_t g = b / a.row_chunks, j = b - g * a.row_chunks;
   const int32_t i0 = g * a.per_group;  // < bs
   const int32_t i1 = i0 < a.bs - a.per_group ? i0 + a.per_group : a.bs;
-  ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j0);
-  const int64_t r0 = rows_before(a, i0);
-#pragma unroll
-  for (int f = 0; f < kExtendFold; ++f) {  // (the group's requests again for each chunk)
-    const int32_t j = j0 + f;
-    if (f > 0 && j >= a.row_chunks) break;
-    int64_t r = r0;
-    for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
-      if (f > 0 || i > i0) c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i)), j);
-      const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
-      const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
-      if (end > r) {
-        store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{static_cast<int32_t>(r), end - static_cast<int32_t>(r)}, j);
-      }
-      r += n;
+  static_assert(row_steps(M, kInt32Max) == kRowSteps, "the launcher's chunk width");
+  ChunkValues<kRowSteps> c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i0)), j);
+  int64_t r = rows_before(a, i0);
+  for (int32_t i = i0; i < i1 && r < a.rows; ++i) {
+    if (i > i0) c = load_chunk<kRowSteps>(a, source_row(a.in, load_index(a.in.req_pool_indices, i)), j);
+    const int64_t n = rows_of<M>(a.in, a.p.next_n, i);
+    const int32_t end = static_cast<int32_t>(r + n < a.rows ? r + n : a.rows);
+    if (end > r) {
+      store_chunk<M, kTables, kRowSteps>(a, c, Rows<M>{static_cast<int32_t>(r), end - static_cast<int32_t>(r)}, j);
     }
+    r += n;
   }
 }
 
@@ -735,8 +677,6 @@ __global__ void __launch_bounds__(kThreads, NSA_MIN_BLOCKS) metadata_kernel(cons
     } else if constexpr (M != Mode::draft_extend && (kTables & kPageTable1) != 0) {
       if (a.row_chunks > 0 && row_steps(M, a.p.max_len) == kWideRowSteps) {
         row_program<M, kTables, kWideRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
-      } else if (kNarrowRowSteps != kRowSteps && a.row_chunks > 0 && row_steps(M, a.p.max_len) == kNarrowRowSteps) {
-        row_program<M, kTables, kNarrowRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else if (a.row_chunks > 0) {
         row_program<M, kTables, kRowSteps>(a, static_cast<int32_t>(blockIdx.x) - 1);
       } else {

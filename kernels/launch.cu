@@ -286,12 +286,11 @@ RowPrograms row_programs(const Inputs& in, const Outputs& out, const Params& p, 
   int64_t per_group = 1, programs = rows;  // decode and target_verify: a program per row chunk
   if (p.mode == Mode::draft_extend) {
     const int64_t target = int64_t{sms} * NSA_EXTEND_PROGRAMS_PER_SM;
-    per_group = std::max<int64_t>(1, (in.bs * extend_programs(row_chunks) + target - 1) / target);
+    per_group = std::max<int64_t>(1, (in.bs * row_chunks + target - 1) / target);
     programs = (in.bs + per_group - 1) / per_group;
   }
-  const int64_t per = p.mode == Mode::draft_extend ? extend_programs(row_chunks) : row_chunks;  // per row or group
-  if (programs > (kInt32Max - 1) / per) return rp;
-  rp.programs = programs * per;
+  if (programs > (kInt32Max - 1) / row_chunks) return rp;
+  rp.programs = programs * row_chunks;
   rp.per_group = per_group;
   rp.row_chunks = row_chunks;
   return rp;

@@ -117,9 +117,8 @@ bool takes_small_kernel(const Inputs& in, const Outputs& out, const Params& p, i
 // `tables` (kernels.cuh's row_program and extend_row_program), on a device of `sms` multiprocessors
 // whose kernel image is sm_90 or newer when `sm90_code`: `programs` blocks after block 0, each one
 // chunk of a row (decode, target_verify: per_group 1) or of every row of `per_group` requests
-// (draft_extend, sm90_code only; kExtendFold chunks a program), `row_chunks` chunks a row;
-// row_chunks 0: page programs instead (live, narrower than 4096 columns, rows not on 16 bytes, no
-// page_table_1, too many programs).
+// (draft_extend, sm90_code only), `row_chunks` chunks a row; row_chunks 0: page programs instead
+// (live, narrower than 4096 columns, rows not on 16 bytes, no page_table_1, too many programs).
 struct RowPrograms {
   int64_t programs = 0, per_group = 1, row_chunks = 0;
 };
