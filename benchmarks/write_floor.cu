@@ -194,10 +194,10 @@ int main() {
     CHECK_CUDA(cudaMemset(a, 1, total / 2));
     const float copy = time_us([&] { CHECK_CUDA(cudaMemcpyAsync(b, a, total / 2, cudaMemcpyDeviceToDevice)); });
     const float set = time_us([&] { CHECK_CUDA(cudaMemsetAsync(dst, 2, dst_bytes)); });
-    auto fan = [&](auto kernel, int blocks = 0) {
+    auto fan = [&](auto kernel, int blocks = 0, int smem = 0) {
       if (blocks == 0) blocks = std::min(c.rows, sms * 16);
       return time_us([&] {
-        kernel<<<blocks, 128>>>(static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4,
+        kernel<<<blocks, 128, smem>>>(static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4,
                                 c.copies);
         CHECK_CUDA(cudaGetLastError());
       });
@@ -237,11 +237,7 @@ int main() {
       }
       if (resident != per_sm) std::printf("dest 1/t at %d/SM: %d resident\n", per_sm, resident);
       CHECK_CUDA(cudaMemset(dst, 0xff, dst_bytes));
-      const float us = time_us([&] {
-        kernel<<<static_cast<int>(std::min(dest_steps, 1LL << 30)), 128, smem>>>(
-            static_cast<const int4*>(src), perm, static_cast<int4*>(dst), c.rows, c.cols / 4, c.copies);
-        CHECK_CUDA(cudaGetLastError());
-      });
+      const float us = fan(kernel, static_cast<int>(std::min(dest_steps, 1LL << 30)), smem);
       if (!same_as_fan_out()) std::printf("destination-major at %d/SM wrong!\n", per_sm);
       CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutDefault));
       return us;

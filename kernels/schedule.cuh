@@ -89,13 +89,13 @@ __device__ inline void store_row(const Sink& sink, int32_t p, int32_t begin_req,
 
 #ifndef NSA_FAST_DIV
 #define NSA_FAST_DIV 1  // the plan's divisions by multiply and shift (Divider::fast); 0: plain division
-                        // (H100, decode 1 x 4096 live with the schedule: 1.12x the copy floor against 1.21x)
+                        // (H100, decode 1 x 4096 live with the schedule: 1.12-1.13x the copy floor against
+                        // 1.21x; plain division stays as the fallback until the device tests pass on this)
 #endif
 
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31, d fixed on the host. The GPU has no integer divide
 // instruction, so a run-time int32 division is a sequence of dependent ones, and a part's row
-// needs several in a row (our reading of the schedule's +0.4 us at decode 1 x 4096, neither
-// profiled nor counted in SASS); fast() is one multiply and a shift:
+// needs several in a row; fast() is one multiply and a shift:
 // m = ceil(2^(31 + l) / d) with 2^l >= d fits 32 bits, and its error m d - 2^(31 + l) < 2^l keeps
 // n m / 2^(31 + l) below the next integer for every n < 2^31 (Granlund and Montgomery's bound;
 // test_schedule checks it against plain division on the host).
